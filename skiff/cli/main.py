@@ -1,0 +1,43 @@
+"""The ``skiff`` command: dispatches to a part's command line without importing the others.
+
+Start-up time matters (the engine calls ``skiff runtime`` for every container), so this module
+imports nothing but the standard library and loads one verb's module on demand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# verb -> (module, function). Each part owns its own command-line module.
+_VERBS = {
+    "runtime": ("skiff.runtime.cli", "main"),
+}
+
+_USAGE = """usage: skiff <command> [args...]
+
+commands:
+  runtime   the OCI runtime (runc's command line): create, start, run, exec, kill, delete, ...
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_USAGE)
+        return 0
+    if args[0] == "--version":
+        from skiff import __version__
+
+        print(f"skiff {__version__}")
+        return 0
+    target = _VERBS.get(args[0])
+    if target is None:
+        sys.stderr.write(f"skiff: unknown command {args[0]!r}\n{_USAGE}")
+        return 2
+    module, function = target
+    return getattr(importlib.import_module(module), function)(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
