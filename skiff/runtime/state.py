@@ -1,0 +1,139 @@
+"""Container state on disk, under the runtime's ``--root``: one directory per container.
+
+``<root>/<id>/state.json`` holds what every later command needs (pid, its start time, the spec, the
+cgroup paths); ``<root>/<id>/exec.fifo`` exists from ``create`` until ``start``. The status is not
+stored: it is read from the kernel each time (is the pid alive, is the fifo still there, is the
+cgroup frozen), so a runtime killed at any moment never leaves a lie on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from skiff.errors import AlreadyExists, InvalidArgument, NotFound
+
+DEFAULT_ROOT = "/run/skiff/runtime"
+_VALID_ID = re.compile(r"^[\w+\-.]+$")
+
+CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
+
+
+def check_id(container_id: str) -> None:
+    if not _VALID_ID.match(container_id) or container_id in (".", ".."):
+        raise InvalidArgument(f"invalid container id {container_id!r}")
+
+
+def write_atomically(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write via a temp file, fsync and rename, so a reader sees the old or the new file, never half."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat, or None when the process is gone or a zombie.
+
+    Stored with the pid so that a recycled pid is never mistaken for the container.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+@dataclass
+class ContainerState:
+    id: str
+    root: str
+    bundle: str = ""
+    rootfs: str = ""
+    pid: int = 0
+    start_time: int = 0
+    created: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    cgroup_paths: dict[str, str] = field(default_factory=dict)
+    owner: str = ""
+
+    @property
+    def dir(self) -> str:
+        return os.path.join(self.root, self.id)
+
+    @property
+    def fifo(self) -> str:
+        return os.path.join(self.dir, "exec.fifo")
+
+    def save(self) -> None:
+        record = {k: v for k, v in self.__dict__.items() if k != "root"}
+        write_atomically(os.path.join(self.dir, "state.json"), json.dumps(record).encode())
+
+    @classmethod
+    def load(cls, root: str, container_id: str) -> ContainerState:
+        check_id(container_id)
+        try:
+            with open(os.path.join(root, container_id, "state.json")) as f:
+                record = json.load(f)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"container {container_id} does not exist") from None
+        return cls(root=root, **record)
+
+    def alive(self) -> bool:
+        return self.pid > 0 and process_start_time(self.pid) == self.start_time
+
+    def status(self, frozen: bool = False) -> str:
+        if not self.alive():
+            return STOPPED
+        if os.path.exists(self.fifo):
+            return CREATED
+        return PAUSED if frozen else RUNNING
+
+    def oci_state(self, status: str) -> dict[str, Any]:
+        """The state document of the OCI runtime spec (what ``state`` prints and hooks read)."""
+        return {
+            "ociVersion": self.spec.get("ociVersion", "1.0.2"),
+            "id": self.id,
+            "pid": self.pid if status != STOPPED else 0,
+            "status": status,
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "owner": self.owner,
+            "annotations": self.spec.get("annotations") or {},
+        }
+
+
+def reserve(root: str, container_id: str) -> str:
+    """Make the container's directory; the mkdir is the atomic claim on the id."""
+    check_id(container_id)
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    path = os.path.join(root, container_id)
+    try:
+        os.mkdir(path, 0o711)
+    except FileExistsError:
+        raise AlreadyExists(f"container with id {container_id} already exists") from None
+    return path
+
+
+def remove(root: str, container_id: str) -> None:
+    shutil.rmtree(os.path.join(root, container_id), ignore_errors=True)
+
+
+def list_ids(root: str) -> list[str]:
+    try:
+        return sorted(e for e in os.listdir(root) if os.path.isfile(os.path.join(root, e, "state.json")))
+    except FileNotFoundError:
+        return []
