@@ -34,6 +34,8 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/pip" install -q -e "$here[test]" --config-settings editable_mode=compat
     touch "$stamp"
 fi
+# Byte-compile now: the runtime's start-up time depends on it, and PYTHONDONTWRITEBYTECODE may be set.
+"$venv/bin/python" -m compileall -q "$here/skiff"
 ln -sf "$venv/bin/skiff" /usr/local/bin/skiff
 ln -sf "$venv/bin/skiff-runtime" /usr/local/bin/skiff-runtime
 

@@ -6,11 +6,8 @@ on stderr (and a JSON record in ``--log`` when asked) with exit status 1.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from typing import Any
 
 from skiff import errors
 from skiff.runtime.state import DEFAULT_ROOT
@@ -29,86 +26,130 @@ def parse_size(text: str) -> int:
         raise errors.InvalidArgument(f"invalid size {text!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="skiff-runtime", description="Skiff's OCI runtime (runc command line)")
-    p.add_argument("--root", default=DEFAULT_ROOT, help="directory for container state")
-    p.add_argument("--log", help="also write errors to this file")
-    p.add_argument("--log-format", default="text", choices=["text", "json"])
-    p.add_argument("--debug", action="store_true")
-    p.add_argument("--systemd-cgroup", action="store_true")
-    p.add_argument("--rootless", default="auto")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class Args:
+    """Parsed command line: attributes named after the long flags (``--pid-file`` -> ``pid_file``)."""
 
-    def command(name: str, help_text: str, *, container: bool = True) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_text)
-        if container:
-            c.add_argument("id")
-        return c
-
-    for name in ("create", "run"):
-        c = sub.add_parser(name, help=f"{name} a container from a bundle")
-        c.add_argument("--bundle", "-b", default=".")
-        c.add_argument("--console-socket")
-        c.add_argument("--pid-file")
-        c.add_argument("--preserve-fds", type=int, default=0)
-        c.add_argument("--no-pivot", action="store_true")
-        c.add_argument("--no-new-keyring", action="store_true")
-        if name == "run":
-            c.add_argument("--detach", "-d", action="store_true")
-            c.add_argument("--keep", action="store_true")
-            c.add_argument("--no-subreaper", action="store_true")
-        c.add_argument("id")
-    command("start", "start a created container")
-    command("state", "print the OCI state of a container")
-    c = sub.add_parser("kill", help="send a signal to the container's init (default SIGTERM)")
-    c.add_argument("--all", "-a", action="store_true")
-    c.add_argument("id")
-    c.add_argument("signal", nargs="?", default="SIGTERM")
-    c = command("delete", "delete a container and everything it holds")
-    c.add_argument("--force", "-f", action="store_true")
-    c = sub.add_parser("exec", help="run a process in a running container")
-    c.add_argument("--process", "-p")
-    c.add_argument("--tty", "-t", action="store_true")
-    c.add_argument("--detach", "-d", action="store_true")
-    c.add_argument("--pid-file")
-    c.add_argument("--console-socket")
-    c.add_argument("--cwd")
-    c.add_argument("--env", "-e", action="append", default=[])
-    c.add_argument("--user", "-u")
-    c.add_argument("--additional-gids", "-g", action="append", default=[])
-    c.add_argument("--cap", "-c", action="append", default=[])
-    c.add_argument("--no-new-privs", action="store_true")
-    c.add_argument("--preserve-fds", type=int, default=0)
-    c.add_argument("--apparmor")
-    c.add_argument("--process-label")
-    c.add_argument("id")
-    c.add_argument("args", nargs=argparse.REMAINDER)
-    c = sub.add_parser("list", help="list containers")
-    c.add_argument("--format", "-f", default="table", choices=["table", "json"])
-    c.add_argument("--quiet", "-q", action="store_true")
-    c = sub.add_parser("ps", help="list the processes of a container")
-    c.add_argument("--format", "-f", default="table", choices=["table", "json"])
-    c.add_argument("id")
-    c.add_argument("ps_args", nargs=argparse.REMAINDER)
-    command("pause", "freeze every process of a container")
-    command("resume", "thaw a paused container")
-    c = sub.add_parser("update", help="change a container's resource limits while it runs")
-    c.add_argument("--resources", "-r")
-    for flag in ("--memory", "--memory-swap", "--memory-reservation", "--kernel-memory"):
-        c.add_argument(flag)
-    for flag in ("--cpu-shares", "--cpu-period", "--cpu-quota", "--pids-limit", "--blkio-weight"):
-        c.add_argument(flag, type=int)
-    c.add_argument("--cpuset-cpus")
-    c.add_argument("--cpuset-mems")
-    c.add_argument("id")
-    c = sub.add_parser("spec", help="write a default config.json")
-    c.add_argument("--bundle", "-b", default=".")
-    c.add_argument("--rootless", action="store_true")
-    return p
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
 
 
-def _exec_process(runtime: Any, a: argparse.Namespace) -> dict[str, Any]:
+# Flags: name -> kind ("bool", "str", "int" or "list"); short aliases map to a long name.
+_GLOBAL = {"root": "str", "log": "str", "log-format": "str", "debug": "bool", "systemd-cgroup": "bool",
+           "rootless": "str", "criu": "str"}
+_CREATE = {"bundle": "str", "console-socket": "str", "pid-file": "str", "preserve-fds": "int",
+           "no-pivot": "bool", "no-new-keyring": "bool"}
+_COMMANDS: dict = {
+    # command: (flags, short aliases, positional names, name of the trailing list or None, help)
+    "create": (_CREATE, {"b": "bundle"}, ["id"], None, "create a container from a bundle"),
+    "run": ({**_CREATE, "detach": "bool", "keep": "bool", "no-subreaper": "bool"},
+            {"b": "bundle", "d": "detach"}, ["id"], None, "create, start and wait for a container"),
+    "start": ({}, {}, ["id"], None, "start a created container"),
+    "state": ({}, {}, ["id"], None, "print the OCI state of a container"),
+    "kill": ({"all": "bool"}, {"a": "all"}, ["id", "signal?"], None, "signal the container (default SIGTERM)"),
+    "delete": ({"force": "bool"}, {"f": "force"}, ["id"], None, "delete a container and all it holds"),
+    "exec": ({"process": "str", "tty": "bool", "detach": "bool", "pid-file": "str", "console-socket": "str",
+              "cwd": "str", "env": "list", "user": "str", "additional-gids": "list", "cap": "list",
+              "no-new-privs": "bool", "preserve-fds": "int", "apparmor": "str", "process-label": "str",
+              "cgroup": "str"},
+             {"p": "process", "t": "tty", "d": "detach", "e": "env", "u": "user", "g": "additional-gids",
+              "c": "cap"}, ["id"], "args", "run a process in a running container"),
+    "list": ({"format": "str", "quiet": "bool"}, {"f": "format", "q": "quiet"}, [], None, "list containers"),
+    "ps": ({"format": "str"}, {"f": "format"}, ["id"], "ps_args", "list a container's processes"),
+    "pause": ({}, {}, ["id"], None, "freeze every process of a container"),
+    "resume": ({}, {}, ["id"], None, "thaw a paused container"),
+    "update": ({"resources": "str", "memory": "str", "memory-swap": "str", "memory-reservation": "str",
+                "kernel-memory": "str", "cpu-shares": "int", "cpu-period": "int", "cpu-quota": "int",
+                "pids-limit": "int", "blkio-weight": "int", "cpuset-cpus": "str", "cpuset-mems": "str"},
+               {"r": "resources"}, ["id"], None, "change a container's resource limits while it runs"),
+    "spec": ({"bundle": "str", "rootless": "bool"}, {"b": "bundle"}, [], None, "write a default config.json"),
+}
+_DEFAULTS = {"root": DEFAULT_ROOT, "log-format": "text", "bundle": ".", "preserve-fds": 0, "signal": "SIGTERM",
+             "format": "table"}
+
+
+def _usage() -> str:
+    lines = ["usage: skiff-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND [OPTIONS] ARGS", "",
+             "commands:"]
+    lines += [f"  {name:8} {spec[4]}" for name, spec in _COMMANDS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _take_flags(argv: list[str], i: int, flags: dict, aliases: dict, values: dict) -> int:
+    """Consume ``--flag[=value]`` / ``-f value`` words from ``argv[i:]``; the index after them."""
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        word = argv[i]
+        if word == "--":
+            return i + 1
+        name, eq, inline = word.lstrip("-").partition("=")
+        name = aliases.get(name, name)
+        kind = flags.get(name)
+        if kind is None:
+            raise errors.InvalidArgument(f"flag provided but not defined: {word}")
+        i += 1
+        if kind == "bool":
+            values[name] = inline.lower() not in ("false", "0") if eq else True
+            continue
+        if not eq:
+            if i >= len(argv):
+                raise errors.InvalidArgument(f"flag needs an argument: {word}")
+            inline, i = argv[i], i + 1
+        if kind == "int":
+            try:
+                value: object = int(inline)
+            except ValueError:
+                raise errors.InvalidArgument(f"invalid value {inline!r} for flag {word}") from None
+        else:
+            value = inline
+        if kind == "list":
+            values.setdefault(name, []).append(value)
+        else:
+            values[name] = value
+    return i
+
+
+def parse_args(argv: list[str]) -> Args:
+    """runc's command line: global flags, a command, its flags, then its arguments."""
+    values: dict = {}
+    i = _take_flags(argv, 0, _GLOBAL, {}, values)
+    if i >= len(argv) or argv[i] in ("help", "-h", "--help"):
+        raise _Help()
+    command = argv[i]
+    if command not in _COMMANDS:
+        raise errors.InvalidArgument(f"unknown command {command!r}")
+    flags, aliases, positional, rest, _ = _COMMANDS[command]
+    if "-h" in argv[i + 1:] or "--help" in argv[i + 1:]:
+        raise _Help()
+    i = _take_flags(argv, i + 1, flags, aliases, values)
+    for name in positional:
+        optional = name.endswith("?")
+        if i < len(argv):
+            values[name.rstrip("?")] = argv[i]
+            i += 1
+        elif not optional:
+            raise errors.InvalidArgument(f'"{command}" requires a container {name}')
+    if rest:
+        values[rest] = argv[i:]
+    elif i < len(argv):
+        raise errors.InvalidArgument(f"{command}: unexpected argument {argv[i]!r}")
+    merged = {**{k: None for k in (*_GLOBAL, *flags)}, **{k: v for k, v in _DEFAULTS.items()}, **values}
+    for kind_table in (_GLOBAL, flags):
+        for name, kind in kind_table.items():
+            if kind == "list" and merged.get(name) is None:
+                merged[name] = []
+            if kind == "bool" and merged.get(name) is None:
+                merged[name] = False
+    merged["command"] = command
+    return Args(**{k.replace("-", "_"): v for k, v in merged.items()})
+
+
+class _Help(Exception):
+    pass
+
+
+def _exec_process(runtime: object, a: Args) -> dict:
     """The process to exec: --process JSON, or the container's own process with these args and flags."""
+    import json
+
     if a.process:
         try:
             with open(a.process) as f:
@@ -127,7 +168,7 @@ def _exec_process(runtime: Any, a: argparse.Namespace) -> dict[str, Any]:
         process["cwd"] = a.cwd
     if a.user:
         uid, _, gid = a.user.partition(":")
-        user: dict[str, Any] = {}
+        user: dict = {}
         if uid.isdigit() and (not gid or gid.isdigit()):
             user = {"uid": int(uid), "gid": int(gid or 0)}
         else:
@@ -146,7 +187,9 @@ def _exec_process(runtime: Any, a: argparse.Namespace) -> dict[str, Any]:
     return process
 
 
-def _update_resources(a: argparse.Namespace) -> dict[str, Any]:
+def _update_resources(a: Args) -> dict:
+    import json
+
     if a.resources:
         source = sys.stdin if a.resources == "-" else open(a.resources)  # noqa: SIM115
         with source:
@@ -158,7 +201,7 @@ def _update_resources(a: argparse.Namespace) -> dict[str, Any]:
                                             ("reservation", a.memory_reservation)) if v is not None}
     cpu = {k: v for k, v in (("shares", a.cpu_shares), ("period", a.cpu_period), ("quota", a.cpu_quota),
                              ("cpus", a.cpuset_cpus), ("mems", a.cpuset_mems)) if v is not None}
-    resources: dict[str, Any] = {}
+    resources: dict = {}
     if memory:
         resources["memory"] = memory
     if cpu:
@@ -170,7 +213,9 @@ def _update_resources(a: argparse.Namespace) -> dict[str, Any]:
     return resources
 
 
-def _print_list(containers: list[dict[str, Any]], a: argparse.Namespace) -> None:
+def _print_list(containers: list[dict], a: Args) -> None:
+    import json
+
     if a.quiet:
         for c in containers:
             print(c["id"])
@@ -185,7 +230,9 @@ def _print_list(containers: list[dict[str, Any]], a: argparse.Namespace) -> None
             print("   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _print_ps(pids: list[int], a: argparse.Namespace) -> None:
+def _print_ps(pids: list[int], a: Args) -> None:
+    import json
+
     if a.format == "json":
         print(json.dumps(pids))
         return
@@ -204,7 +251,7 @@ def _print_ps(pids: list[int], a: argparse.Namespace) -> None:
             print(line)
 
 
-def _dispatch(a: argparse.Namespace) -> int:
+def _dispatch(a: Args) -> int:
     from skiff.runtime.container import Runtime
 
     runtime = Runtime(os.path.abspath(a.root))
@@ -216,6 +263,8 @@ def _dispatch(a: argparse.Namespace) -> int:
     elif cmd == "start":
         runtime.start(a.id)
     elif cmd == "state":
+        import json
+
         print(json.dumps(runtime.state(a.id), indent=2))
     elif cmd == "kill":
         runtime.kill(a.id, a.signal, a.all)
@@ -239,6 +288,8 @@ def _dispatch(a: argparse.Namespace) -> int:
 
 
 def _write_spec(bundle: str) -> None:
+    import json
+
     from skiff.runtime.spec import default_spec
 
     path = os.path.join(bundle, "config.json")
@@ -248,7 +299,9 @@ def _write_spec(bundle: str) -> None:
         json.dump(default_spec(), f, indent="\t")
 
 
-def _report(a: argparse.Namespace | None, message: str) -> None:
+def _report(a: Args | None, message: str) -> None:
+    import json
+
     sys.stderr.write(f"skiff-runtime: {message}\n")
     if a is not None and a.log:
         import time
@@ -266,7 +319,11 @@ def _report(a: argparse.Namespace | None, message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     a = None
     try:
-        a = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+        try:
+            a = parse_args(sys.argv[1:] if argv is None else argv)
+        except _Help:
+            sys.stdout.write(_usage())
+            return 0
         if a.systemd_cgroup:
             raise errors.Unsupported("the systemd cgroup driver is not supported; use cgroupfs")
         return _dispatch(a)

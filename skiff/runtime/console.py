@@ -15,6 +15,11 @@ import termios
 from skiff.runtime import linux
 
 
+def pair() -> tuple[socket.socket, socket.socket]:
+    """A private console socket for ``run``/``exec`` in the foreground: (our end, the container's)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
 def connect(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)

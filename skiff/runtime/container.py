@@ -7,11 +7,9 @@ runtime's namespaces, and waiting.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` imports enum, which costs start-up time
 import os
-import signal
 import time
-from datetime import datetime, timezone
-from typing import Any
 
 from skiff import errors
 from skiff.runtime import init, state, sync
@@ -29,8 +27,8 @@ def parse_signal(value: str | int) -> int:
         number = int(text)
     else:
         name = text if text.startswith("SIG") else "SIG" + text
-        number = getattr(signal.Signals, name, None)
-        if number is None:
+        number = getattr(signal, name, None) if not name.startswith("SIG_") else None
+        if not isinstance(number, int):
             raise errors.InvalidArgument(f"unknown signal {value!r}")
     if not 0 < int(number) < signal.NSIG:
         raise errors.InvalidArgument(f"invalid signal {value!r}")
@@ -43,8 +41,9 @@ def exit_code(wait_status: int) -> int:
 
 
 def _now() -> str:
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}000Z"
+    """RFC 3339 with nanoseconds in UTC, as runc writes ``created``."""
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}Z"
 
 
 def _reraise(error: sync.ChildFailed | Exception, kind: str | None = None) -> None:
@@ -54,7 +53,7 @@ def _reraise(error: sync.ChildFailed | Exception, kind: str | None = None) -> No
     raise cls(str(error))
 
 
-def validate_spec(spec: dict[str, Any]) -> None:
+def validate_spec(spec: dict) -> None:
     """The checks that need more than the JSON shape; all before anything is created."""
     from skiff.runtime.hooks import validate_hooks
     from skiff.runtime.process import validate_rlimits
@@ -98,7 +97,7 @@ class Runtime:
     # -- create / start / run ------------------------------------------------------------------------
     def create(self, container_id: str, bundle: str, pid_file: str | None = None,
                console_socket: str | None = None, preserve_fds: int = 0,
-               _console: Any = None) -> ContainerState:
+               _console: object = None) -> ContainerState:
         bundle = os.path.abspath(bundle)
         spec = load_bundle(bundle)
         validate_spec(spec)
@@ -141,8 +140,8 @@ class Runtime:
                 pass
         state.remove(self.root, st.id)
 
-    def _spawn_init(self, st: ContainerState, spec: dict[str, Any], cgroup: Cgroup,
-                    console_socket: str | None, console: Any, preserve_fds: int) -> None:
+    def _spawn_init(self, st: ContainerState, spec: dict, cgroup: Cgroup,
+                    console_socket: str | None, console: object, preserve_fds: int) -> None:
         from skiff.runtime.rootfs import RootfsBuilder
 
         linux_spec = spec.get("linux") or {}
@@ -153,15 +152,16 @@ class Runtime:
 
             console = connect(console_socket)
         builder = RootfsBuilder(spec, st.rootfs, st.bundle, cgroup.paths, new)
+        init.preload(spec["process"], linux_spec.get("seccomp"), bool(spec.get("hooks")))
         parent, child = sync.pair()
         fifo_fd = os.open(st.fifo, os.O_PATH | os.O_CLOEXEC)
         try:
             bridge = os.fork()
             if bridge == 0:
-                parent.close()
+                sync.keep_child(parent, child)
                 init.bridge(child, new, join, lambda: init.container_init(
                     child, spec, builder, new, fifo_fd, console, preserve_fds))
-            child.close()
+            sync.keep_parent(parent, child)
             if console is not None:
                 console.close()
             self._guide_init(st, spec, cgroup, parent, bridge, "user" in new)
@@ -169,27 +169,27 @@ class Runtime:
             os.close(fifo_fd)
             parent.close()
 
-    def _guide_init(self, st: ContainerState, spec: dict[str, Any], cgroup: Cgroup, sock, bridge: int,
+    def _guide_init(self, st: ContainerState, spec: dict, cgroup: Cgroup, sock, bridge: int,
                     user_ns: bool) -> None:
         """The runtime's half of the setup conversation with the bridge and init."""
         from skiff.runtime.hooks import run_hooks
 
         try:
             cgroup.add(bridge)
-            sync.send(sock, "go")
+            sock.send("go")
             if user_ns:
-                sync.expect(sock, "userns")
+                sock.expect("userns")
                 _write_id_maps(bridge, spec["linux"])
-                sync.send(sock, "mapped")
-            st.pid = sync.expect(sock, "pid")["pid"]
+                sock.send("mapped")
+            st.pid = sock.expect("pid")["pid"]
             st.start_time = state.process_start_time(st.pid) or 0
             os.waitpid(bridge, 0)
-            sync.expect(sock, "hooks")
+            sock.expect("hooks")
             hook_state = st.oci_state("creating")
             run_hooks(spec, "prestart", hook_state)
             run_hooks(spec, "createRuntime", hook_state)
-            sync.send(sock, "hooks-done", state=st.oci_state(CREATED))
-            message = sync.recv(sock)
+            sock.send("hooks-done", state=st.oci_state(CREATED))
+            message = sock.recv()
         except sync.ChildFailed as e:
             _reap(bridge)
             _reraise(e, _last_kind(e))
@@ -220,7 +220,9 @@ class Runtime:
         if spec_terminal and not console_socket:
             if detach:
                 raise errors.InvalidArgument("cannot allocate tty if runc will detach without setting console socket")
-            relay_console = sync.pair()
+            from skiff.runtime.console import pair
+
+            relay_console = pair()
         if not detach:
             linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
         st = self.create(container_id, bundle, pid_file, console_socket, preserve_fds,
@@ -243,7 +245,7 @@ class Runtime:
                 pass
 
     # -- exec ----------------------------------------------------------------------------------------
-    def exec(self, container_id: str, process: dict[str, Any], detach: bool = False, pid_file: str | None = None,
+    def exec(self, container_id: str, process: dict, detach: bool = False, pid_file: str | None = None,
              console_socket: str | None = None, preserve_fds: int = 0) -> int:
         from skiff.runtime import linux
 
@@ -263,27 +265,30 @@ class Runtime:
             elif detach:
                 raise errors.InvalidArgument("cannot allocate tty if runc will detach without setting console socket")
             else:
-                relay = sync.pair()
+                from skiff.runtime.console import pair
+
+                relay = pair()
                 console = relay[1]
         if not detach:
             linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
         join = self._namespace_paths(st)
         cgroup = Cgroup.from_paths(st.cgroup_paths)
         seccomp = (st.spec.get("linux") or {}).get("seccomp")
+        init.preload(process, seccomp, hooks=False)
         parent, child = sync.pair()
         bridge = os.fork()
         if bridge == 0:
-            parent.close()
+            sync.keep_child(parent, child)
             init.bridge(child, set(), join, lambda: init.exec_child(child, process, seccomp, console, preserve_fds))
-        child.close()
+        sync.keep_parent(parent, child)
         if console is not None:
             console.close()
         try:
             cgroup.add(bridge)
-            sync.send(parent, "go")
-            pid = sync.expect(parent, "pid")["pid"]
+            parent.send("go")
+            pid = parent.expect("pid")["pid"]
             os.waitpid(bridge, 0)
-            message = sync.recv(parent)  # EOF: the process exec'd
+            message = parent.recv()  # EOF: the process exec'd
             if message is not None:
                 _reraise(Exception(message.get("message")), message.get("kind"))
         except sync.ChildFailed as e:
@@ -324,11 +329,11 @@ class Runtime:
                 frozen = False
         return st.status(frozen)
 
-    def state(self, container_id: str) -> dict[str, Any]:
+    def state(self, container_id: str) -> dict:
         st = ContainerState.load(self.root, container_id)
         return st.oci_state(self._status(st))
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[dict]:
         result = []
         for container_id in state.list_ids(self.root):
             try:
@@ -390,7 +395,7 @@ class Runtime:
         st = ContainerState.load(self.root, container_id)
         return Cgroup.from_paths(st.cgroup_paths).pids()
 
-    def update(self, container_id: str, resources: dict[str, Any]) -> None:
+    def update(self, container_id: str, resources: dict) -> None:
         st = ContainerState.load(self.root, container_id)
         if self._status(st) == STOPPED:
             raise errors.Conflict("container not running")
@@ -416,11 +421,11 @@ def _peek_terminal(bundle: str) -> bool:
         return False  # create reports the problem properly
 
 
-def _has_own_pid_ns(spec: dict[str, Any]) -> bool:
+def _has_own_pid_ns(spec: dict) -> bool:
     return any(ns["type"] == "pid" and not ns.get("path") for ns in (spec.get("linux") or {}).get("namespaces") or [])
 
 
-def _write_id_maps(pid: int, linux_spec: dict[str, Any]) -> None:
+def _write_id_maps(pid: int, linux_spec: dict) -> None:
     def lines(mappings: list[dict[str, int]]) -> bytes:
         return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in mappings).encode()
 

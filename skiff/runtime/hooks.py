@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from skiff.errors import SystemFailure
 
 
-def run_hooks(spec: dict[str, Any], point: str, state: dict[str, Any]) -> None:
+def run_hooks(spec: dict, point: str, state: dict) -> None:
     """Run every hook of one point (``prestart``, ``createRuntime``, ...) in order; the first failure stops."""
     hooks = (spec.get("hooks") or {}).get(point) or []
     if not hooks:
@@ -45,7 +44,7 @@ def _env(entries: list[str] | None) -> dict[str, str]:
     return env
 
 
-def validate_hooks(spec: dict[str, Any]) -> None:
+def validate_hooks(spec: dict) -> None:
     from skiff.errors import InvalidArgument
 
     for point, hooks in (spec.get("hooks") or {}).items():

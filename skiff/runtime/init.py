@@ -9,13 +9,9 @@ the sync socket as ``{"type": "error", "kind": <skiff.errors name>, "message": .
 
 from __future__ import annotations
 
-import fcntl
+import _signal
 import os
-import signal
-import socket
-import struct
 import sys
-from typing import Any
 
 from skiff.runtime import linux, sync
 
@@ -31,7 +27,24 @@ NAMESPACES = {
 }
 
 
-def report_error(sock: socket.socket, error: BaseException) -> None:
+def preload(spec_process: dict, seccomp: dict | None, hooks: bool) -> None:
+    """Import, before forking, every module the child needs: after pivot_root or setns into the
+    container's mount namespace, our Python files are no longer reachable."""
+    import skiff.runtime.process
+
+    if spec_process.get("terminal"):
+        import skiff.runtime.console
+    if seccomp:
+        from skiff.runtime import seccomp as seccomp_filter
+
+        seccomp_filter.validate(seccomp)  # also opens libseccomp from the host, never the container
+    if hooks:
+        import subprocess  # noqa: F401
+
+        import skiff.runtime.hooks  # noqa: F401
+
+
+def report_error(sock: sync.Link, error: BaseException) -> None:
     kind = type(error).__name__
     if isinstance(error, OSError):
         message = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
@@ -39,7 +52,7 @@ def report_error(sock: socket.socket, error: BaseException) -> None:
     else:
         message = str(error) or kind
     try:
-        sync.send(sock, "error", kind=kind, message=message)
+        sock.send("error", kind=kind, message=message)
     except OSError:
         sys.stderr.write(f"skiff-runtime: {message}\n")
 
@@ -53,17 +66,17 @@ def _join(join_paths: list[tuple[str, str]]) -> None:
         os.close(fd)
 
 
-def bridge(sock: socket.socket, new: set[str], join_paths: list[tuple[str, str]], child) -> None:
+def bridge(sock: sync.Link, new: set[str], join_paths: list[tuple[str, str]], child) -> None:
     """Stage one: enter/make namespaces, fork the real process, report its pid, exit. Never returns."""
     try:
-        sync.expect(sock, "go")
+        sock.expect("go")
         user_joined = any(kind == "user" for kind, _ in join_paths)
         if user_joined:
             _join([p for p in join_paths if p[0] == "user"])
         if "user" in new:
             linux.unshare(linux.CLONE_NEWUSER)
-            sync.send(sock, "userns")
-            sync.expect(sock, "mapped")
+            sock.send("userns")
+            sock.expect("mapped")
         if "user" in new or user_joined:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
@@ -85,7 +98,7 @@ def bridge(sock: socket.socket, new: set[str], join_paths: list[tuple[str, str]]
                 report_error(sock, e)
             os._exit(1)
         os.close(gate_r)
-        sync.send(sock, "pid", pid=pid)
+        sock.send("pid", pid=pid)
         os.write(gate_w, b"1")
     except BaseException as e:
         report_error(sock, e)
@@ -95,11 +108,18 @@ def bridge(sock: socket.socket, new: set[str], join_paths: list[tuple[str, str]]
 
 def loopback_up() -> None:
     """A new network namespace has ``lo`` down; runc brings it up, so do we."""
+    import _socket
+    import fcntl
+
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifreq = struct.pack("16sh14x", b"lo", 0)
-        flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), siocgifflags, ifreq))[1]
-        fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sh14x", b"lo", flags | iff_up))
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        ifreq = b"lo".ljust(40, b"\0")
+        flags = int.from_bytes(fcntl.ioctl(s.fileno(), siocgifflags, ifreq)[16:18], "little")
+        fcntl.ioctl(s.fileno(), siocsifflags, b"lo".ljust(16, b"\0") + (flags | iff_up).to_bytes(2, "little")
+                    + bytes(22))
+    finally:
+        s.close()
 
 
 def write_sysctls(sysctls: dict[str, str]) -> None:
@@ -110,23 +130,23 @@ def write_sysctls(sysctls: dict[str, str]) -> None:
 
 def reset_signals() -> None:
     """Python ignores SIGPIPE and SIGXFSZ; ignored dispositions survive exec, so restore them."""
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
 
 
-def container_init(sock: socket.socket, spec: dict[str, Any], builder, new: set[str], fifo_fd: int,
-                   console: socket.socket | None, preserve_fds: int) -> None:
+def container_init(sock: sync.Link, spec: dict, builder, new: set[str], fifo_fd: int,
+                   console: object, preserve_fds: int) -> None:
     """Stage two, pid 1 of the container: rootfs, process, then wait for ``start`` and exec."""
     from skiff.runtime.hooks import run_hooks
-    from skiff.runtime.process import ProcessSetup, close_inherited_fds
+    from skiff.runtime.process import ProcessSetup
 
     os.setsid()
     if "network" in new:
         loopback_up()
     if "mount" in new:
         builder.prepare()
-    sync.send(sock, "hooks")
-    state = sync.expect(sock, "hooks-done")["state"]
+    sock.send("hooks")
+    state = sock.expect("hooks-done")["state"]
     run_hooks(spec, "createContainer", state)
     if "mount" in new:
         builder.pivot()
@@ -149,7 +169,7 @@ def container_init(sock: socket.socket, spec: dict[str, Any], builder, new: set[
     seccomp = linux_spec.get("seccomp")
     finish_process_setup(setup, seccomp, preserve_fds)
     path = setup.executable()
-    sync.send(sock, "ready")
+    sock.send("ready")
     sock.close()
     # Blocks until `start` opens the other end: this is the "created" state.
     fifo = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
@@ -158,7 +178,7 @@ def container_init(sock: socket.socket, spec: dict[str, Any], builder, new: set[
     exec_process(setup, path, seccomp)
 
 
-def finish_process_setup(setup, seccomp: dict[str, Any] | None, preserve_fds: int) -> None:
+def finish_process_setup(setup, seccomp: dict | None, preserve_fds: int) -> None:
     """Everything between a root process in the container and the spec's process, minus the exec."""
     setup.apply_rlimits()
     setup.apply_oom_score()
@@ -177,7 +197,7 @@ def finish_process_setup(setup, seccomp: dict[str, Any] | None, preserve_fds: in
     setup.chdir()
 
 
-def exec_process(setup, path: str, seccomp: dict[str, Any] | None) -> None:
+def exec_process(setup, path: str, seccomp: dict | None) -> None:
     if seccomp and setup.process.get("noNewPrivileges"):
         # As late as possible, so the runtime's own calls are not filtered.
         from skiff.runtime import seccomp as seccomp_filter
@@ -191,8 +211,8 @@ def exec_process(setup, path: str, seccomp: dict[str, Any] | None) -> None:
         os._exit(127)
 
 
-def exec_child(sock: socket.socket, process: dict[str, Any], seccomp: dict[str, Any] | None,
-               console: socket.socket | None, preserve_fds: int) -> None:
+def exec_child(sock: sync.Link, process: dict, seccomp: dict | None,
+               console: object, preserve_fds: int) -> None:
     """The process of ``exec``, already inside every namespace of the container."""
     from skiff.runtime.process import ProcessSetup
 

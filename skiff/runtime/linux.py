@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -65,7 +64,7 @@ _SYSCALLS = {
     "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126},
     "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91},
 }
-_NR = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
+_NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
 
 
 def _check(result: int, what: str, path: str | None = None) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import Any
 
 from skiff.errors import InvalidArgument, NotFound
 from skiff.runtime import linux
@@ -17,7 +16,7 @@ from skiff.runtime.capabilities import CapabilitySets
 RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 
 
-def validate_rlimits(process: dict[str, Any]) -> None:
+def validate_rlimits(process: dict) -> None:
     for limit in process.get("rlimits") or []:
         if limit.get("type") not in RLIMITS:
             raise InvalidArgument(f"unknown rlimit type {limit.get('type')!r}")
@@ -52,7 +51,7 @@ def _group_id(name: str) -> int:
 class ProcessSetup:
     """Everything about the process resolved from the spec; reads /etc inside the container's root."""
 
-    def __init__(self, process: dict[str, Any]) -> None:
+    def __init__(self, process: dict) -> None:
         self.process = process
         self.args: list[str] = process["args"]
         self.caps = CapabilitySets(process.get("capabilities"))

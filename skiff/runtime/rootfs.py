@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any
 
 from skiff.errors import InvalidArgument, NotFound
 from skiff.runtime import linux
@@ -108,7 +107,7 @@ def _make_mountpoint(dest: str, source_is_file: bool) -> None:
 class RootfsBuilder:
     """Builds the container's mount tree under ``rootfs`` and pivots into it."""
 
-    def __init__(self, spec: dict[str, Any], rootfs: str, bundle: str, cgroup_paths: dict[str, str],
+    def __init__(self, spec: dict, rootfs: str, bundle: str, cgroup_paths: dict[str, str],
                  new_namespaces: set[str]) -> None:
         self.spec = spec
         self.rootfs = rootfs
@@ -152,7 +151,7 @@ class RootfsBuilder:
                     best = point
         return best
 
-    def _mount(self, m: dict[str, Any]) -> None:
+    def _mount(self, m: dict) -> None:
         options = MountOptions(m.get("options"))
         kind = m.get("type") or ("bind" if options.is_bind else "")
         source = m.get("source") or kind
@@ -241,7 +240,7 @@ class RootfsBuilder:
         linux.mount(host_dir, dest, "bind", linux.MS_BIND | linux.MS_REC)
         linux.mount(host_dir, dest, None, options.flags | linux.MS_BIND | linux.MS_REMOUNT)
 
-    def _create_devices(self, devices: list[dict[str, Any]]) -> None:
+    def _create_devices(self, devices: list[dict]) -> None:
         old_umask = os.umask(0)
         try:
             wanted = [{"path": f"/dev/{n}", "type": "c", "major": ma, "minor": mi, "fileMode": 0o666,
@@ -252,7 +251,7 @@ class RootfsBuilder:
         finally:
             os.umask(old_umask)
 
-    def _create_device(self, device: dict[str, Any]) -> None:
+    def _create_device(self, device: dict) -> None:
         dest = secure_join(self.rootfs, device["path"])
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if self.in_userns:

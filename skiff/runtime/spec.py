@@ -6,11 +6,10 @@ with one clear line and leaves nothing behind.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
 from skiff.errors import InvalidArgument, NotFound
+from skiff.runtime import quickjson
 
 OCI_VERSION = "1.0.2"
 
@@ -25,7 +24,7 @@ MASKED_PATHS = [
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 
-def default_spec(terminal: bool = True, args: list[str] | None = None) -> dict[str, Any]:
+def default_spec(terminal: bool = True, args: list[str] | None = None) -> dict:
     """The spec ``skiff runtime spec`` writes: the same container ``runc spec`` describes."""
     return {
         "ociVersion": OCI_VERSION,
@@ -63,15 +62,15 @@ def default_spec(terminal: bool = True, args: list[str] | None = None) -> dict[s
     }
 
 
-def load_bundle(bundle: str) -> dict[str, Any]:
+def load_bundle(bundle: str) -> dict:
     """Read and validate ``bundle/config.json``; resolve ``root.path`` against the bundle."""
     path = os.path.join(bundle, "config.json")
     try:
         with open(path) as f:
-            spec = json.load(f)
+            spec = quickjson.loads(f.read())
     except FileNotFoundError:
         raise NotFound(f"bundle {bundle}: config.json not found") from None
-    except json.JSONDecodeError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"{path}: malformed JSON: {e}") from None
     validate(spec, bundle)
     return spec
@@ -82,7 +81,7 @@ def _require(cond: bool, message: str) -> None:
         raise InvalidArgument(message)
 
 
-def validate(spec: Any, bundle: str) -> None:
+def validate(spec: object, bundle: str) -> None:
     _require(isinstance(spec, dict), "config.json: the top level must be an object")
     _require(isinstance(spec.get("ociVersion"), str), "config.json: ociVersion must be a string")
     root = spec.get("root")
@@ -115,7 +114,7 @@ def validate(spec: Any, bundle: str) -> None:
         raise InvalidArgument("unable to set hostname without a new UTS namespace")
 
 
-def validate_process(process: dict[str, Any]) -> None:
+def validate_process(process: dict) -> None:
     args = process.get("args")
     _require(isinstance(args, list) and len(args) > 0 and all(isinstance(a, str) for a in args),
              "process.args must be a non-empty list of strings")
@@ -127,6 +126,6 @@ def validate_process(process: dict[str, Any]) -> None:
     _require(isinstance(user, dict), "process.user must be an object")
 
 
-def root_path(spec: dict[str, Any], bundle: str) -> str:
+def root_path(spec: dict, bundle: str) -> str:
     path = spec["root"]["path"]
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(bundle, path))
