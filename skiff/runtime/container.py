@@ -175,7 +175,6 @@ class Runtime:
         from skiff.runtime.hooks import run_hooks
 
         try:
-            cgroup.add(bridge)
             sock.send("go")
             if user_ns:
                 sock.expect("userns")
@@ -184,6 +183,8 @@ class Runtime:
             st.pid = sock.expect("pid")["pid"]
             st.start_time = state.process_start_time(st.pid) or 0
             os.waitpid(bridge, 0)
+            cgroup.add(st.pid)  # init builds its mounts meanwhile
+            sock.send("joined")
             sock.expect("hooks")
             hook_state = st.oci_state("creating")
             run_hooks(spec, "prestart", hook_state)
@@ -284,10 +285,11 @@ class Runtime:
         if console is not None:
             console.close()
         try:
-            cgroup.add(bridge)
             parent.send("go")
             pid = parent.expect("pid")["pid"]
             os.waitpid(bridge, 0)
+            cgroup.add(pid)  # the process sets itself up meanwhile, and waits for this before exec
+            parent.send("joined")
             message = parent.recv()  # EOF: the process exec'd
             if message is not None:
                 _reraise(Exception(message.get("message")), message.get("kind"))

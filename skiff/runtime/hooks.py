@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from skiff.errors import SystemFailure
+from skiff.runtime import quickjson
 
 
 def run_hooks(spec: dict, point: str, state: dict) -> None:
@@ -15,7 +15,7 @@ def run_hooks(spec: dict, point: str, state: dict) -> None:
         return
     import subprocess  # only hook users pay for it
 
-    payload = json.dumps(state).encode()
+    payload = quickjson.dumps(state).encode()
     for hook in hooks:
         path = hook["path"]
         args = hook.get("args") or [path]

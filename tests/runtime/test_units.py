@@ -15,6 +15,8 @@ from skiff.runtime.cli import parse_args, parse_size
 from skiff.runtime.container import exit_code, parse_signal
 from skiff.runtime.rootfs import MountOptions, secure_join
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda children: st.lists(children) | st.dictionaries(st.text(), children),
@@ -91,3 +93,17 @@ def test_container_ids_are_checked_and_claimed_once(tmp_path):
         state.reserve(str(tmp_path), "ok-1.2_x+y")
     state.remove(str(tmp_path), "ok-1.2_x+y")
     assert not os.listdir(tmp_path)
+
+
+def test_the_start_path_imports_nothing_heavy():
+    """The runtime's start-up budget: none of these may load on `run` (each costs milliseconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import skiff.runtime.cli, skiff.runtime.container, skiff.runtime.rootfs, "
+            "skiff.runtime.process; print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {ROOT!r}); {code}"],
+                                capture_output=True, text=True, check=True).stdout.split())
+    heavy = {"json", "re", "enum", "typing", "argparse", "dataclasses", "socket", "signal", "subprocess",
+             "datetime", "platform", "shutil", "inspect"}
+    assert loaded & heavy == set()
