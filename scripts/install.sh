@@ -41,15 +41,15 @@ fi
 # Fast launchers: `python -IS` skips site-packages' .pth processing (about 7 ms, a fifth of a
 # container start); the two directories site would have added are put on sys.path by hand instead.
 paths=$("$venv/bin/python" -c 'import os, site, skiff; print(repr([os.path.dirname(os.path.dirname(skiff.__file__))] + site.getsitepackages()))')
-for entry in "skiff:skiff.cli.main" "skiff-runtime:skiff.runtime.cli"; do
-    name=${entry%%:*} module=${entry#*:}
+for entry in "skiff:skiff.cli.main:main" "skiff-runtime:skiff.runtime.cli:entry"; do
+    IFS=: read -r name module function <<<"$entry"
     cat > "$venv/bin/$name" <<LAUNCHER
 #!$venv/bin/python3 -IS
 # Written by scripts/install.sh (see there for why it is not pip's launcher).
 import sys
 sys.path[:0] = $paths
-from $module import main
-sys.exit(main())
+from $module import $function
+sys.exit($function())
 LAUNCHER
 done
 # Byte-compile now: the runtime's start-up time depends on it, and PYTHONDONTWRITEBYTECODE may be set.

@@ -11,7 +11,7 @@ import sys
 
 # verb -> (module, function). Each part owns its own command-line module.
 _VERBS = {
-    "runtime": ("skiff.runtime.cli", "main"),
+    "runtime": ("skiff.runtime.cli", "entry"),
 }
 
 _USAGE = """usage: skiff <command> [args...]

@@ -30,7 +30,7 @@ def parse_signal(value: str | int) -> int:
         number = getattr(signal, name, None) if not name.startswith("SIG_") else None
         if not isinstance(number, int):
             raise errors.InvalidArgument(f"unknown signal {value!r}")
-    if not 0 < int(number) < signal.NSIG:
+    if not 0 <= int(number) < signal.NSIG:  # 0 probes that the process exists, as kill(2) does
         raise errors.InvalidArgument(f"invalid signal {value!r}")
     return int(number)
 
@@ -109,6 +109,7 @@ class Runtime:
         cgroup = None
         try:
             os.mkfifo(st.fifo, 0o622)
+            os.chmod(st.fifo, 0o622)  # past the umask: init may write it as a non-root user
             linux_spec = spec.get("linux") or {}
             cgroup = Cgroup.for_container(linux_spec.get("cgroupsPath"), container_id)
             cgroup.create()
@@ -183,8 +184,7 @@ class Runtime:
             st.pid = sock.expect("pid")["pid"]
             st.start_time = state.process_start_time(st.pid) or 0
             os.waitpid(bridge, 0)
-            cgroup.add(st.pid)  # init builds its mounts meanwhile
-            sock.send("joined")
+            _join_cgroup(cgroup, st.pid, sock)  # init builds its mounts meanwhile
             sock.expect("hooks")
             hook_state = st.oci_state("creating")
             run_hooks(spec, "prestart", hook_state)
@@ -288,8 +288,7 @@ class Runtime:
             parent.send("go")
             pid = parent.expect("pid")["pid"]
             os.waitpid(bridge, 0)
-            cgroup.add(pid)  # the process sets itself up meanwhile, and waits for this before exec
-            parent.send("joined")
+            _join_cgroup(cgroup, pid, parent)  # the process sets itself up meanwhile, and waits for this
             message = parent.recv()  # EOF: the process exec'd
             if message is not None:
                 _reraise(Exception(message.get("message")), message.get("kind"))
@@ -337,11 +336,19 @@ class Runtime:
 
     def list(self) -> list[dict]:
         result = []
+        import pwd
+
         for container_id in state.list_ids(self.root):
             try:
-                result.append(self.state(container_id))
-            except errors.NotFound:
+                entry = self.state(container_id)
+                uid = os.stat(os.path.join(self.root, container_id)).st_uid
+            except (errors.NotFound, FileNotFoundError):
                 continue
+            try:
+                entry["owner"] = pwd.getpwuid(uid).pw_name  # as runc: the state dir's owner, by name
+            except KeyError:
+                entry["owner"] = f"#{uid}"
+            result.append(entry)
         return result
 
     def kill(self, container_id: str, sig: str | int = "SIGTERM", all_processes: bool = False) -> None:
@@ -358,7 +365,12 @@ class Runtime:
             raise errors.Conflict("container not running") from None
 
     def delete(self, container_id: str, force: bool = False) -> None:
-        st = ContainerState.load(self.root, container_id)
+        try:
+            st = ContainerState.load(self.root, container_id)
+        except errors.NotFound:
+            if force:
+                return  # as runc: `delete --force` is idempotent, engines rely on it
+            raise
         status = self._status(st)
         if status in (RUNNING, PAUSED) and not force:
             raise errors.Conflict(f"cannot delete container {container_id} that is not stopped: {status}")
@@ -435,6 +447,21 @@ def _write_id_maps(pid: int, linux_spec: dict) -> None:
         f.write(lines(linux_spec["uidMappings"]))
     with open(f"/proc/{pid}/gid_map", "wb") as f:
         f.write(lines(linux_spec["gidMappings"]))
+
+
+def _join_cgroup(cgroup: Cgroup, pid: int, link: sync.Link) -> None:
+    """Move a setting-up process into the container's cgroups and tell it so.
+
+    If it failed meanwhile (it is gone, or stopped listening), its own error message says why.
+    """
+    try:
+        cgroup.add(pid)
+        link.send("joined")
+    except (errors.NotFound, BrokenPipeError) as failure:
+        message = link.recv()
+        if message is not None and message["type"] == "error":
+            _reraise(Exception(message["message"]), message.get("kind"))
+        raise errors.SystemFailure(f"container process {pid} exited during setup") from failure
 
 
 def _reap(pid: int) -> None:

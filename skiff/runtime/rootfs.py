@@ -306,6 +306,8 @@ class RootfsBuilder:
 
     # -- after pivot_root ----------------------------------------------------------------------------
     def finalize(self) -> None:
+        cwd = (self.spec.get("process") or {}).get("cwd") or "/"
+        os.makedirs(cwd, mode=0o755, exist_ok=True)  # as runc: a missing cwd is made (we are in the jail)
         for m in self.mounts:
             if m["destination"] == "/dev" and MountOptions(m.get("options")).flags & linux.MS_RDONLY:
                 remount_readonly("/dev")
