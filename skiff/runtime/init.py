@@ -1,12 +1,14 @@
 """What runs inside the container while it is being made: the code of the forked processes.
 
 ``create`` forks a *bridge* process that enters or makes the namespaces and forks the container's
-*init* (pid 1 of a new pid namespace), then exits. The runtime moves init into the container's cgroups
-while init builds its mounts: on cgroup v1 that first move waits for an RCU grace period (about 10 ms
-here), so doing it in parallel, as runc does, is most of the difference in start-up time. Init builds the root filesystem, becomes the
-spec's process and waits on the exec fifo until ``start``. ``exec`` forks a bridge that joins the
-namespaces of a running container and forks the new process. Errors travel back to the runtime over
-the sync socket as ``{"type": "error", "kind": <skiff.errors name>, "message": ...}``.
+*init* (pid 1 of a new pid namespace), then exits. Init builds the root filesystem, becomes the spec's
+process and waits on the exec fifo until ``start``. The runtime moves init into the container's
+cgroups while init builds its mounts: on cgroup v1 that first move waits for an RCU grace period
+(about 10 ms here), so doing it in parallel, as runc does, saves most of it.
+
+``exec`` forks a bridge that joins the namespaces of a running container and forks the new process.
+Errors travel back to the runtime over the sync pipe as
+``{"type": "error", "kind": <skiff.errors name>, "message": ...}``.
 """
 
 from __future__ import annotations
