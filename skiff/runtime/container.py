@@ -153,7 +153,7 @@ class Runtime:
 
             console = connect(console_socket)
         builder = RootfsBuilder(spec, st.rootfs, st.bundle, cgroup.paths, new)
-        init.preload(spec["process"], linux_spec.get("seccomp"), bool(spec.get("hooks")))
+        init.preload(spec["process"], linux_spec.get("seccomp"), bool(spec.get("hooks")), "network" in new)
         parent, child = sync.pair()
         fifo_fd = os.open(st.fifo, os.O_PATH | os.O_CLOEXEC)
         try:
@@ -210,7 +210,8 @@ class Runtime:
         _release_fifo(st)
         from skiff.runtime.hooks import run_hooks
 
-        run_hooks(st.spec, "poststart", st.oci_state(RUNNING))
+        # runc hands poststart hooks the state it had before start: "created" (kept for compatibility).
+        run_hooks(st.spec, "poststart", st.oci_state(CREATED))
 
     def run(self, container_id: str, bundle: str, pid_file: str | None = None,
             console_socket: str | None = None, detach: bool = False, preserve_fds: int = 0) -> int:

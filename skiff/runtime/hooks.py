@@ -15,7 +15,8 @@ def run_hooks(spec: dict, point: str, state: dict) -> None:
         return
     import subprocess  # only hook users pay for it
 
-    payload = quickjson.dumps(state).encode()
+    # As runc's specs.State: a zero pid is left out (omitempty), unlike in `state`'s output.
+    payload = quickjson.dumps({k: v for k, v in state.items() if k != "pid" or v}).encode()
     for hook in hooks:
         path = hook["path"]
         args = hook.get("args") or [path]

@@ -31,10 +31,15 @@ NAMESPACES = {
 }
 
 
-def preload(spec_process: dict, seccomp: dict | None, hooks: bool) -> None:
+def preload(spec_process: dict, seccomp: dict | None, hooks: bool, new_network: bool = False) -> None:
     """Import, before forking, every module the child needs: after pivot_root or setns into the
-    container's mount namespace, our Python files are no longer reachable."""
+    container's mount namespace, or as the root of a user namespace, our Python files may no longer
+    be reachable."""
     import skiff.runtime.process
+
+    if new_network:
+        import _socket  # noqa: F401
+        import fcntl  # noqa: F401
 
     if spec_process.get("terminal"):
         import skiff.runtime.console

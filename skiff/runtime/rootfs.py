@@ -115,6 +115,8 @@ class RootfsBuilder:
         self.cgroup_paths = cgroup_paths
         self.new_namespaces = new_namespaces
         self.in_userns = "user" in new_namespaces
+        namespaces = (spec.get("linux") or {}).get("namespaces") or []
+        self.has_network_namespace = any(ns.get("type") == "network" for ns in namespaces)  # new or joined
         self.mounts = spec.get("mounts") or []
         self.dev_bound = any(m["destination"] == "/dev" and MountOptions(m.get("options")).is_bind
                              for m in self.mounts)
@@ -156,8 +158,8 @@ class RootfsBuilder:
         kind = m.get("type") or ("bind" if options.is_bind else "")
         source = m.get("source") or kind
         dest = secure_join(self.rootfs, m["destination"])
-        if kind == "sysfs" and "network" not in self.new_namespaces:
-            # A sysfs mount shows the mounter's network devices; without a new netns, bind the host's.
+        if kind == "sysfs" and not self.has_network_namespace:
+            # A sysfs mount shows the mounter's network devices; sharing the host's netns, bind the host's.
             options.flags |= linux.MS_BIND | linux.MS_REC
             source = "/sys"
         if kind == "cgroup":
