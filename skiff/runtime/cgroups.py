@@ -933,3 +933,30 @@ def _stats_v2(dirpath: str) -> dict[str, dict[str, int | None]]:
     _put(stats, "pids", "current", _read(dirpath, "pids.current"))
     _put(stats, "pids", "limit", _read(dirpath, "pids.max"))
     return stats
+
+
+def warm_attach_lock() -> int | None:
+    """Start the kernel's wait for moving a process between cgroups now, in a throwaway child.
+
+    Every write to ``cgroup.procs`` takes a global lock whose first writer waits for an RCU grace
+    period (about 10 ms here) unless another writer held it within the last grace period. A child
+    that moves itself into the cgroup it is already in starts that wait while the runtime reads the
+    bundle and builds the container, so the real move later finds the lock warm. Returns the child's
+    pid (the caller reaps it, or its own exit does), or None if there is nothing to warm.
+    """
+    try:
+        target = next((os.path.join(h.mountpoint, os.path.relpath(h.own, h.root), "cgroup.procs")
+                       for h in _hierarchies().values() if _is_under(h.own, h.root)), None)
+    except OSError:
+        return None
+    if target is None:
+        return None
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+            os.write(fd, b"0")  # "0" means the writing process itself
+        except OSError:
+            pass
+        os._exit(0)
+    return pid

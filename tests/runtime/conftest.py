@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from skiff.runtime.bundle import make_busybox_bundle
+from tests.leakcheck import remove_marker_cgroups
 from tests.runtime.harness import (
     DEFAULT_TIMEOUT,
     BundleFactory,
@@ -35,6 +36,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "runtime" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_cgroup_parents() -> Iterator[None]:
+    """Runtimes leave the parents of a cgroupsPath behind (runc does): drop the empty /skiff-test dirs."""
+    yield
+    remove_marker_cgroups()
 
 
 def _make_runtime(name: str, root: Path) -> Runtime:

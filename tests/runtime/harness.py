@@ -87,6 +87,35 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def force_remove_cgroup(cgroups_path: str) -> None:
+    """Thaw, SIGKILL every process in, and remove ``cgroups_path`` in every hierarchy (best effort)."""
+    dirs = [d for d in cgroup_dirs(cgroups_path) if os.path.isdir(d)]
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            Path(d, "freezer.state").write_text("THAWED")
+        with contextlib.suppress(OSError):
+            Path(d, "cgroup.freeze").write_text("0")
+    for d in dirs:
+        for sub, _dirs, _files in os.walk(d):
+            with contextlib.suppress(OSError):
+                for pid in Path(sub, "cgroup.procs").read_text().split():
+                    with contextlib.suppress(OSError):
+                        os.kill(int(pid), 9)
+    for d in dirs:
+        for sub, _dirs, _files in sorted(os.walk(d), key=lambda e: -e[0].count("/")):
+            wait_for(lambda s=sub: _try_rmdir(s), timeout=5)
+
+
+def _try_rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 class CommandFailed(AssertionError):
     """A runtime command that had to succeed did not."""
 
@@ -208,6 +237,8 @@ class Runtime:
             if not left:
                 problems += [f"{self.name}: cgroup {d} remains" for d in cgroup_dirs(f"/{CGROUP_MARKER}/{cid}")
                              if os.path.isdir(d)]
+                # Reported; now clear it away so one broken container does not disturb the next tests.
+                force_remove_cgroup(f"/{CGROUP_MARKER}/{cid}")
         try:
             listed = [c["id"] for c in self.list_json() if c.get("id") in self.created]
         except (CommandFailed, ValueError, subprocess.TimeoutExpired) as e:

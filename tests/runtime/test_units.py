@@ -58,7 +58,8 @@ def test_sizes_signals_and_exit_codes():
     with pytest.raises(InvalidArgument):
         parse_size("lots")
     assert parse_signal("TERM") == parse_signal("SIGTERM") == parse_signal("15") == 15
-    for bad in ("SIGNOPE", "0", "999", "SIG_DFL"):
+    assert parse_signal("0") == 0  # a liveness probe, as with kill(2)
+    for bad in ("SIGNOPE", "-1", "999", "SIG_DFL"):
         with pytest.raises(InvalidArgument):
             parse_signal(bad)
     assert exit_code(3 << 8) == 3 and exit_code(9) == 137
