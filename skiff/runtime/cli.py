@@ -252,6 +252,12 @@ def _print_ps(pids: list[int], a: Args) -> None:
 
 
 def _dispatch(a: Args) -> int:
+    if a.command in ("create", "run", "exec"):
+        from skiff.runtime.cgroups import warm_attach_lock
+
+        # First, so the kernel's wait overlaps our imports and bundle reading (see its docstring).
+        # The child is reaped by our exit, or by the reaper of `run`/`exec`.
+        warm_attach_lock()
     from skiff.runtime.container import Runtime
 
     runtime = Runtime(os.path.abspath(a.root))

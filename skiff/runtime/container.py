@@ -98,9 +98,6 @@ class Runtime:
     def create(self, container_id: str, bundle: str, pid_file: str | None = None,
                console_socket: str | None = None, preserve_fds: int = 0,
                _console: object = None) -> ContainerState:
-        from skiff.runtime.cgroups import warm_attach_lock
-
-        warm_attach_lock()  # reaped by our own exit, or by `run`'s reaper
         bundle = os.path.abspath(bundle)
         spec = load_bundle(bundle)
         validate_spec(spec)
@@ -254,9 +251,6 @@ class Runtime:
              console_socket: str | None = None, preserve_fds: int = 0) -> int:
         from skiff.runtime import linux
 
-        from skiff.runtime.cgroups import warm_attach_lock
-
-        warm_attach_lock()
         st = ContainerState.load(self.root, container_id)
         status = self._status(st)
         if status == STOPPED:
