@@ -1,0 +1,1 @@
+"""Skiff's OCI Distribution registry server (``skiff registry``)."""
