@@ -65,7 +65,7 @@ class ContentStore:
 
     def open(self, digest: str):
         try:
-            return open(self.path(digest), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self.path(digest), "rb")
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found") from None
 
