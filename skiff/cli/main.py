@@ -12,12 +12,14 @@ import sys
 # verb -> (module, function). Each part owns its own command-line module.
 _VERBS = {
     "runtime": ("skiff.runtime.cli", "entry"),
+    "registry": ("skiff.registry.cli", "main"),
 }
 
 _USAGE = """usage: skiff <command> [args...]
 
 commands:
   runtime   the OCI runtime (runc's command line): create, start, run, exec, kill, delete, ...
+  registry  an OCI Distribution registry server
 """
 
 
