@@ -117,6 +117,9 @@ class Runtime:
             resources["devices"] = list(resources.get("devices") or []) + list(DEFAULT_DEVICE_RULES)
             cgroup.apply(resources)
             st.cgroup_paths = cgroup.paths
+            # A first record, before any process exists: if this command is killed from here on,
+            # `delete` still finds the cgroups (and whatever runs in them) and removes everything.
+            st.save(durable=False)
             self._spawn_init(st, spec, cgroup, console_socket, _console, preserve_fds)
             st.save()
             if pid_file:
@@ -370,7 +373,10 @@ class Runtime:
             st = ContainerState.load(self.root, container_id)
         except errors.NotFound:
             if force:
-                return  # as runc: `delete --force` is idempotent, engines rely on it
+                # As runc: `delete --force` is idempotent. A directory without state.json is what a
+                # create killed in its first instant leaves: it holds nothing else, so clear it.
+                state.remove(self.root, container_id)
+                return
             raise
         status = self._status(st)
         if status in (RUNNING, PAUSED) and not force:
@@ -383,7 +389,7 @@ class Runtime:
                 pass
         if status == PAUSED:
             cgroup.thaw()
-        if not _has_own_pid_ns(st.spec) or status != STOPPED:
+        if st.pid == 0 or not _has_own_pid_ns(st.spec) or status != STOPPED:  # pid 0: create was interrupted
             cgroup.kill_all(signal.SIGKILL)
         _wait_gone(st.pid, st.start_time)
         cgroup.destroy()

@@ -26,13 +26,14 @@ def check_id(container_id: str) -> None:
         raise InvalidArgument(f"invalid container id {container_id!r}")
 
 
-def write_atomically(path: str, data: bytes, mode: int = 0o600) -> None:
+def write_atomically(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
     """Write via a temp file, fsync and rename, so a reader sees the old or the new file, never half."""
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -75,9 +76,9 @@ class ContainerState:
     def fifo(self) -> str:
         return os.path.join(self.dir, "exec.fifo")
 
-    def save(self) -> None:
+    def save(self, durable: bool = True) -> None:
         record = {name: getattr(self, name) for name in self._FIELDS}
-        write_atomically(os.path.join(self.dir, "state.json"), quickjson.dumps(record).encode())
+        write_atomically(os.path.join(self.dir, "state.json"), quickjson.dumps(record).encode(), durable=durable)
 
     @classmethod
     def load(cls, root: str, container_id: str) -> ContainerState:

@@ -206,3 +206,37 @@ def test_exec_with_malformed_process_json(runtime: Runtime, bundle: BundleFactor
     missing_args.write_text(json.dumps({"cwd": "/", "user": {"uid": 0, "gid": 0}}))
     assert_failed(runtime, runtime("exec", "--process", str(missing_args), cid))
     assert runtime.status(cid) == "running"
+
+
+def test_create_killed_midway_is_cleaned_by_delete_force(runtime: Runtime, bundle: BundleFactory,
+                                                        tmp_path: Path) -> None:
+    """SIGKILL the runtime while create waits on a slow prestart hook: `delete --force` removes it all."""
+    if runtime.name == "runc":
+        pytest.skip("runc 1.1 leaves the cgroups of a killed create behind")
+    import signal
+    import time
+
+    marker = tmp_path / "hook-started"
+    hook = tmp_path / "slow-hook.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\nexec sleep 30\n")
+    hook.chmod(0o755)
+    cid = runtime.new_id("killed")
+    b = bundle(["true"], hooks={"prestart": [{"path": str(hook)}]})
+    runtime.prepare(b, cid)
+    proc = subprocess.Popen([*runtime.cmd, "--root", str(runtime.root), "create", "--bundle", str(b), cid],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the hook never ran"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    r = runtime("delete", "--force", cid)
+    assert r.returncode == 0, r.stderr
+    assert not (runtime.root / cid).exists()
+    assert [d for d in cgroup_dirs(f"/skiff-test/{cid}") if os.path.exists(d)] == []
