@@ -92,7 +92,8 @@ def test_platform_selection_from_an_index():
         {**mf.descriptor(mf.OCI_MANIFEST, digest_of(b"arm"), 1), "platform": {"os": "linux", "architecture": "arm64",
                                                                               "variant": "v8"}},
         {**mf.descriptor(mf.OCI_MANIFEST, digest_of(b"amd"), 1), "platform": {"os": "linux", "architecture": "amd64"}},
-        {**mf.descriptor(mf.OCI_MANIFEST, digest_of(b"att"), 1), "platform": {"os": "unknown", "architecture": "unknown"},
+        {**mf.descriptor(mf.OCI_MANIFEST, digest_of(b"att"), 1),
+         "platform": {"os": "unknown", "architecture": "unknown"},
          "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
     ]}
     assert mf.select_platform(index, mf.Platform.parse("linux/amd64"))["digest"] == digest_of(b"amd")
