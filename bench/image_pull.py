@@ -1,0 +1,288 @@
+"""Pull and unpack an image from a local registry: Skiff's registry client against skopeo.
+
+    .venv/bin/python bench/image_pull.py [--runs N] [--generated]
+
+The image is a Debian bookworm rootfs with nginx-light, made by ``mmdebstrap --variant=minbase
+--include=nginx-light bookworm`` (Debian's mirror is needed once; the result is cached under
+``~/.cache/skiff/images/``) and cut into three gzip layers. Without mmdebstrap, or with ``--generated``,
+a generated image of similar size (three layers, ~80 MB compressed) is used instead; the output says
+which. A ``docker-registry`` on a free loopback port is seeded with it by skopeo.
+
+Each run starts from empty stores: Skiff pulls with ``RegistryClient.pull`` in this process (as it runs
+inside the engine daemon); the peer is ``skopeo copy docker://... oci:DIR`` (a process per copy, as a
+CLI is used). Both are then unpacked by the same simple, safe tarfile extraction of each layer into a
+fresh directory (the overlay snapshotter is not used here). Stores, registry and rootfs live on tmpfs
+(``/dev/shm``) by default: this host's disk takes seconds of metadata work per rootfs, which would
+drown the difference being measured. Runs alternate which goes first. Prints
+medians of pull and pull+unpack, and the ratio Skiff/skopeo. Goal: Skiff no slower than skopeo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from skiff.image import manifest as mf  # noqa: E402
+from skiff.image.content import ContentStore, digest_of  # noqa: E402
+from skiff.image.distribution import RegistryClient  # noqa: E402
+from skiff.image.store import ImageStore  # noqa: E402
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "skiff" / "images"
+GOAL = 1.0
+NAME = "bench/nginx:latest"
+
+
+# ---------------------------------------------------------------------------------------------- the image
+
+def _gzip_layer(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+
+
+def _layers_from_rootfs(tar_path: Path) -> list[bytes]:
+    """Cut a rootfs tarball in three layers (usr/lib, usr/share, the rest), as image builds stack them."""
+    groups: dict[str, list] = {"rest": [], "usr/lib": [], "usr/share": []}
+    with tarfile.open(tar_path) as tar:
+        for info in tar:
+            path = info.name.removeprefix("./")
+            key = next((k for k in ("usr/lib", "usr/share") if path.startswith(k + "/")), "rest")
+            data = tar.extractfile(info).read() if info.isreg() else None
+            groups[key].append((info, data))
+    return [_gzip_layer(groups[k]) for k in ("rest", "usr/lib", "usr/share")]
+
+
+def _generated_layers() -> list[bytes]:
+    """~80 MB compressed in three layers: files of incompressible data and text, like binaries and docs."""
+    rng = random.Random(42)
+    layers = []
+    for n, size in enumerate((25 << 20, 55 << 20, 40 << 20)):
+        members = []
+        for i in range(size // (256 << 10)):
+            data = rng.randbytes(176 << 10) + (f"line {i} of layer {n}\n" * 6000).encode()[: 80 << 10]
+            info = tarfile.TarInfo(f"layer{n}/file{i:05d}")
+            info.size, info.mode = len(data), 0o644
+            members.append((info, data))
+        layers.append(_gzip_layer(members))
+    return layers
+
+
+def _write_layout(root: Path, layers: list[bytes], tars_digests: list[str]) -> None:
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Cmd": ["nginx", "-g", "daemon off;"]},
+                         "rootfs": {"type": "layers", "diff_ids": tars_digests}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": mf.OCI_MANIFEST,
+                           "config": mf.descriptor(mf.OCI_CONFIG, digest_of(config), len(config)),
+                           "layers": [mf.descriptor(mf.OCI_LAYER_GZIP, digest_of(b), len(b)) for b in layers]}).encode()
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    for data in [config, manifest, *layers]:
+        (blobs / digest_of(data)[7:]).write_bytes(data)
+    (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {**mf.descriptor(mf.OCI_MANIFEST, digest_of(manifest), len(manifest)),
+         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+
+
+def image_layout(generated: bool) -> tuple[Path, str]:
+    """The cached OCI layout of the benchmark image, made on first use; and what it is."""
+    use_debian = not generated and shutil.which("mmdebstrap")
+    kind = "debian-bookworm-nginx" if use_debian else "generated"
+    layout = CACHE / f"{kind}-oci"
+    if (layout / "index.json").exists():
+        return layout, kind
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if use_debian:
+        rootfs = CACHE / "debian-bookworm-nginx.tar"
+        if not rootfs.exists():
+            print("building the Debian nginx rootfs with mmdebstrap (once; needs Debian's mirror)...", flush=True)
+            subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", "--include=nginx-light", "bookworm",
+                            f"{rootfs}.tmp"], check=True)
+            os.rename(f"{rootfs}.tmp", rootfs)
+        layers = _layers_from_rootfs(rootfs)
+    else:
+        layers = _generated_layers()
+    partial = Path(tempfile.mkdtemp(dir=CACHE))
+    _write_layout(partial, layers, [digest_of(gzip.decompress(b)) for b in layers])
+    os.rename(partial, layout)
+    return layout, kind
+
+
+# ---------------------------------------------------------------------------------------------- the peers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_registry(work: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    config = work / "registry.yml"
+    config.write_text(f"version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {work}/reg}}}}\n"
+                      f"http: {{addr: 127.0.0.1:{port}}}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    raise SystemExit("docker-registry did not start")
+
+
+def skopeo(*args: str) -> None:
+    subprocess.run(["skopeo", "--insecure-policy", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------------------------------------- the work
+
+class _Confined:
+    """A tarfile filter keeping every write inside a fresh rootfs, without tarfile's per-member realpath.
+
+    The directory starts empty, so the only symlinks in it are the ones extracted here: remembering them
+    is enough to refuse any path that would pass through one, and with absolute names and ``..`` refused
+    nothing can land outside. (tarfile's own ``tar`` filter is as safe but resolves every path, which
+    triples the unpack time of a Debian rootfs.) Device nodes are skipped, as rootless engines do.
+    """
+
+    def __init__(self) -> None:
+        self.symlinks: set[str] = set()
+
+    def _check(self, name: str, dest: str) -> str:
+        path = os.path.normpath(name)
+        parts = path.split("/")
+        if name.startswith("/") or ".." in parts:
+            raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), os.path.join(dest, name))
+        if any("/".join(parts[:i]) in self.symlinks for i in range(1, len(parts))):
+            raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), os.path.join(dest, name))
+        return path
+
+    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        if member.ischr() or member.isblk() or member.isfifo():
+            return None
+        path = self._check(member.name, dest)
+        if member.islnk():
+            self._check(member.linkname, dest)
+        if path in self.symlinks:  # replaced by a later layer: never write through the old link
+            os.unlink(os.path.join(dest, path))
+            self.symlinks.discard(path)
+        if member.issym():
+            self.symlinks.add(path)
+        return member
+
+
+def unpack(blob_paths: list[str], dest: Path) -> None:
+    """Each layer extracted over the last into a fresh directory: the same for both sides."""
+    dest.mkdir()
+    confined = _Confined()
+    for path in blob_paths:
+        with tarfile.open(path, "r:*") as tar:
+            tar.extractall(dest, filter=confined)
+
+
+def skiff_pull(host: str, work: Path) -> tuple[float, float]:
+    content = ContentStore(str(work / "content"))
+    images = ImageStore(str(work / "images"), content)
+
+    async def pull():
+        async with RegistryClient(content, images, config_path=str(work / "none.json")) as client:
+            return await client.pull(f"{host}/{NAME}")
+
+    started = time.perf_counter()
+    image = asyncio.run(pull())
+    pulled = time.perf_counter()
+    unpack([content.path(d["digest"]) for d in image.layers], work / "rootfs")
+    return pulled - started, time.perf_counter() - started
+
+
+def skopeo_pull(host: str, work: Path) -> tuple[float, float]:
+    started = time.perf_counter()
+    skopeo("copy", "--src-tls-verify=false", f"docker://{host}/{NAME}", f"oci:{work}/oci:latest")
+    pulled = time.perf_counter()
+    index = json.loads((work / "oci" / "index.json").read_text())
+    blobs = work / "oci" / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_bytes())
+    unpack([str(blobs / d["digest"][7:]) for d in manifest["layers"]], work / "rootfs")
+    return pulled - started, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--generated", action="store_true", help="use the generated image, not Debian's")
+    parser.add_argument("--workdir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                        help="where stores, registry and rootfs go (default: tmpfs, so disk noise stays out)")
+    args = parser.parse_args()
+    for tool in ("docker-registry", "skopeo"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed (scripts/install.sh installs it)")
+    layout, kind = image_layout(args.generated)
+    blob_bytes = sum(p.stat().st_size for p in (layout / "blobs" / "sha256").iterdir())
+    print(f"image: {kind} ({blob_bytes / 1e6:.1f} MB of blobs, 3 gzip layers) from {layout}")
+    print("unpack: simple safe tarfile extraction of each layer into a fresh directory (not the snapshotter)")
+    print(f"work directory: {args.workdir or tempfile.gettempdir()}")
+    with tempfile.TemporaryDirectory(prefix="skiff-bench-pull-", dir=args.workdir) as tmp:
+        proc, host = start_registry(Path(tmp))
+        try:
+            skopeo("copy", "--preserve-digests", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                   f"docker://{host}/{NAME}")
+            results = measure(host, Path(tmp), args.runs)
+        finally:
+            proc.terminate()
+            proc.wait()
+    report(results)
+
+
+def measure(host: str, tmp: Path, runs: int) -> dict[str, list[tuple[float, float]]]:
+    subjects: dict[str, Callable[[str, Path], tuple[float, float]]] = {"skiff": skiff_pull, "skopeo": skopeo_pull}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in subjects}
+    for run in range(runs + 1):  # run 0 warms the registry's page cache and is not counted
+        order = list(subjects) if run % 2 == 0 else list(reversed(subjects))
+        for name in order:
+            work = tmp / f"{name}-{run}"
+            work.mkdir()
+            sample = subjects[name](host, work)
+            shutil.rmtree(work)
+            if run:
+                results[name].append(sample)
+    return results
+
+
+def report(results: dict[str, list[tuple[float, float]]]) -> None:
+    med = {name: (statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples))
+           for name, samples in results.items()}
+    print(f"runs: {len(results['skiff'])} each, interleaved; medians:")
+    for name, (pull, total) in med.items():
+        print(f"  {name:>6}: pull {pull * 1000:8.1f} ms   pull+unpack {total * 1000:8.1f} ms")
+    ratio_pull, ratio_total = med["skiff"][0] / med["skopeo"][0], med["skiff"][1] / med["skopeo"][1]
+    print(f"ratio skiff/skopeo: pull {ratio_pull:.2f}   pull+unpack {ratio_total:.2f}")
+    verdict = "met" if ratio_pull <= GOAL else "NOT met"
+    print(f"goal: Skiff no slower than skopeo (pull ratio <= {GOAL:.1f}): {verdict}")
+
+
+if __name__ == "__main__":
+    main()
