@@ -10,8 +10,9 @@ which. A ``docker-registry`` on a free loopback port is seeded with it by skopeo
 
 Each run starts from empty stores: Skiff pulls with ``RegistryClient.pull`` in this process (as it runs
 inside the engine daemon); the peer is ``skopeo copy docker://... oci:DIR`` (a process per copy, as a
-CLI is used). Both are then unpacked by the same simple, safe tarfile extraction of each layer into a
-fresh directory (the overlay snapshotter is not used here). Stores, registry and rootfs live on tmpfs
+CLI is used). Skiff unpacks with its overlay snapshotter (every layer checked against its diff_id, into
+its own snapshot); the peer's layers are extracted by GNU tar into one directory. Stores, registry and
+rootfs live on tmpfs
 (``/dev/shm``) by default: this host's disk takes seconds of metadata work per rootfs, which would
 drown the difference being measured. Runs alternate which goes first. Prints
 medians of pull and pull+unpack, and the ratio Skiff/skopeo. Goal: Skiff no slower than skopeo.
@@ -43,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from skiff.image import manifest as mf  # noqa: E402
 from skiff.image.content import ContentStore, digest_of  # noqa: E402
 from skiff.image.distribution import RegistryClient  # noqa: E402
+from skiff.image.snapshot import OverlaySnapshotter  # noqa: E402
 from skiff.image.store import ImageStore  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "skiff" / "images"
@@ -160,48 +162,11 @@ def skopeo(*args: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- the work
 
-class _Confined:
-    """A tarfile filter keeping every write inside a fresh rootfs, without tarfile's per-member realpath.
-
-    The directory starts empty, so the only symlinks in it are the ones extracted here: remembering them
-    is enough to refuse any path that would pass through one, and with absolute names and ``..`` refused
-    nothing can land outside. (tarfile's own ``tar`` filter is as safe but resolves every path, which
-    triples the unpack time of a Debian rootfs.) Device nodes are skipped, as rootless engines do.
-    """
-
-    def __init__(self) -> None:
-        self.symlinks: set[str] = set()
-
-    def _check(self, name: str, dest: str) -> str:
-        path = os.path.normpath(name)
-        parts = path.split("/")
-        if name.startswith("/") or ".." in parts:
-            raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), os.path.join(dest, name))
-        if any("/".join(parts[:i]) in self.symlinks for i in range(1, len(parts))):
-            raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), os.path.join(dest, name))
-        return path
-
-    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-        if member.ischr() or member.isblk() or member.isfifo():
-            return None
-        path = self._check(member.name, dest)
-        if member.islnk():
-            self._check(member.linkname, dest)
-        if path in self.symlinks:  # replaced by a later layer: never write through the old link
-            os.unlink(os.path.join(dest, path))
-            self.symlinks.discard(path)
-        if member.issym():
-            self.symlinks.add(path)
-        return member
-
-
-def unpack(blob_paths: list[str], dest: Path) -> None:
-    """Each layer extracted over the last into a fresh directory: the same for both sides."""
+def gnu_tar_unpack(blob_paths: list[str], dest: Path) -> None:
+    """The peer's unpack: each layer extracted over the last by GNU tar, as a shell script would."""
     dest.mkdir()
-    confined = _Confined()
     for path in blob_paths:
-        with tarfile.open(path, "r:*") as tar:
-            tar.extractall(dest, filter=confined)
+        subprocess.run(["tar", "-xf", path, "-C", str(dest), "--numeric-owner"], check=True)
 
 
 def skiff_pull(host: str, work: Path) -> tuple[float, float]:
@@ -215,7 +180,11 @@ def skiff_pull(host: str, work: Path) -> tuple[float, float]:
     started = time.perf_counter()
     image = asyncio.run(pull())
     pulled = time.perf_counter()
-    unpack([content.path(d["digest"]) for d in image.layers], work / "rootfs")
+    snapshotter = OverlaySnapshotter(str(work / "snapshots"))
+    try:
+        snapshotter.unpack(image, content)  # each layer into its own snapshot, as containers use them
+    finally:
+        snapshotter.close()
     return pulled - started, time.perf_counter() - started
 
 
@@ -226,7 +195,7 @@ def skopeo_pull(host: str, work: Path) -> tuple[float, float]:
     index = json.loads((work / "oci" / "index.json").read_text())
     blobs = work / "oci" / "blobs" / "sha256"
     manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_bytes())
-    unpack([str(blobs / d["digest"][7:]) for d in manifest["layers"]], work / "rootfs")
+    gnu_tar_unpack([str(blobs / d["digest"][7:]) for d in manifest["layers"]], work / "rootfs")
     return pulled - started, time.perf_counter() - started
 
 
@@ -243,7 +212,7 @@ def main() -> None:
     layout, kind = image_layout(args.generated)
     blob_bytes = sum(p.stat().st_size for p in (layout / "blobs" / "sha256").iterdir())
     print(f"image: {kind} ({blob_bytes / 1e6:.1f} MB of blobs, 3 gzip layers) from {layout}")
-    print("unpack: simple safe tarfile extraction of each layer into a fresh directory (not the snapshotter)")
+    print("unpack: Skiff's overlay snapshotter (a snapshot per layer) vs GNU tar over one directory")
     print(f"work directory: {args.workdir or tempfile.gettempdir()}")
     with tempfile.TemporaryDirectory(prefix="skiff-bench-pull-", dir=args.workdir) as tmp:
         proc, host = start_registry(Path(tmp))
@@ -280,8 +249,9 @@ def report(results: dict[str, list[tuple[float, float]]]) -> None:
         print(f"  {name:>6}: pull {pull * 1000:8.1f} ms   pull+unpack {total * 1000:8.1f} ms")
     ratio_pull, ratio_total = med["skiff"][0] / med["skopeo"][0], med["skiff"][1] / med["skopeo"][1]
     print(f"ratio skiff/skopeo: pull {ratio_pull:.2f}   pull+unpack {ratio_total:.2f}")
-    verdict = "met" if ratio_pull <= GOAL else "NOT met"
-    print(f"goal: Skiff no slower than skopeo (pull ratio <= {GOAL:.1f}): {verdict}")
+    for what, ratio in (("pull", ratio_pull), ("pull+unpack", ratio_total)):
+        verdict = "met" if ratio <= GOAL else "NOT met"
+        print(f"goal: Skiff no slower than the peer ({what} ratio <= {GOAL:.1f}): {verdict}")
 
 
 if __name__ == "__main__":
