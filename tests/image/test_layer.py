@@ -448,3 +448,18 @@ def test_make_layer_refuses_redirects(tmp_path: Path) -> None:
     os.setxattr(tmp_path / "upper/d", "trusted.overlay.redirect", b"/old")
     with pytest.raises(Unsupported, match="redirect"):
         make_layer(tmp_path / "upper", io.BytesIO())
+
+
+def test_applying_layers_leaks_no_file_descriptors_or_threads(tmp_path: Path) -> None:
+    """Directory fds are cached while extracting and gzip is inflated on a thread: both must be gone after."""
+    import threading
+
+    data = gzip.compress(every_entry_type())
+    bad = data[: len(data) // 2]
+    before_fds, before_threads = set(os.listdir("/proc/self/fd")), threading.active_count()
+    for i in range(3):
+        apply_layer(io.BytesIO(data), tmp_path / f"ok{i}", mf.OCI_LAYER_GZIP)
+        with pytest.raises(InvalidArgument):
+            apply_layer(io.BytesIO(bad), tmp_path / f"bad{i}", mf.OCI_LAYER_GZIP)
+    assert set(os.listdir("/proc/self/fd")) == before_fds
+    assert threading.active_count() == before_threads
