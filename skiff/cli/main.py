@@ -13,6 +13,7 @@ import sys
 _VERBS = {
     "runtime": ("skiff.runtime.cli", "entry"),
     "registry": ("skiff.registry.cli", "main"),
+    "engine": ("skiff.engine.cli", "main"),
 }
 
 _USAGE = """usage: skiff <command> [args...]
@@ -20,6 +21,7 @@ _USAGE = """usage: skiff <command> [args...]
 commands:
   runtime   the OCI runtime (runc's command line): create, start, run, exec, kill, delete, ...
   registry  an OCI Distribution registry server
+  engine    the engine daemon, serving the Docker Engine API
 """
 
 

@@ -1,0 +1,231 @@
+"""Shared fixtures for the engine tests: real ``skiff engine`` daemons on temp roots, the real docker CLI and
+docker-py pointed at them.
+
+- ``engine``: one daemon per test module (``EngineProcess``: ``.socket``, ``.data_root``, ``.exec_root``,
+  ``.host`` (``unix://...``), ``.request(...)`` for raw HTTP, ``.restart()``, ``.log_text()``).
+- ``engines``: a factory for tests that need their own daemons (``engines.start(*extra_flags)``).
+- ``docker``: ``docker(*args, input=None, timeout=60, check=False) -> CompletedProcess[str]`` running the
+  docker CLI against ``engine`` with a private ``DOCKER_CONFIG`` (never the user's).
+- ``docker_client``: a docker-py ``DockerClient`` on ``engine`` (API version negotiated).
+
+Every daemon is stopped by pid (SIGTERM, then SIGKILL) at the end; the session's leak check confirms it.
+Each daemon gets short paths under the session's temp dir: a unix socket path must fit in 108 bytes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self):  # type: ignore[no-untyped-def]
+        return json.loads(self.body)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (the Engine API's transport)."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+def request(socket_path: str, method: str, path: str, body: bytes | str | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 30.0) -> Response:
+    """One HTTP request on a fresh connection to the engine's socket."""
+    conn = UnixHTTPConnection(socket_path, timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return Response(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
+def engine_command(data_root: Path, exec_root: Path, socket_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "skiff.cli.main", "engine", "--data-root", str(data_root),
+            "--exec-root", str(exec_root), "-H", f"unix://{socket_path}", *extra]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
+class EngineProcess:
+    """A ``skiff engine`` subprocess on its own data root, exec root and socket (all under ``root``)."""
+
+    def __init__(self, root: Path, *extra: str) -> None:
+        self.root = root
+        self.data_root = root / "data"
+        self.exec_root = root / "exec"
+        self.socket = root / "engine.sock"
+        self.log = root / "engine.log"
+        self.extra = extra
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> EngineProcess:
+        """Start the daemon and wait until it answers /_ping (or fail with its log)."""
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(engine_command(self.data_root, self.exec_root, self.socket, *self.extra),
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.root,
+                                            env=_env())
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"skiff engine exited with {self.process.returncode}:\n{self.log_text()}")
+            if self.socket.exists():
+                try:
+                    if request(str(self.socket), "GET", "/_ping", timeout=5).status == 200:
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"skiff engine did not answer within {START_TIMEOUT}s:\n{self.log_text()}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it lingers; always reaps. Returns the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+        return self.process.wait()
+
+    def restart(self) -> EngineProcess:
+        self.stop()
+        return self.start()
+
+    def request(self, method: str, path: str, body: bytes | str | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 30.0) -> Response:
+        return request(str(self.socket), method, path, body, headers, timeout)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class Engines:
+    """Starts daemons in numbered directories and stops them all at the end."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[EngineProcess] = []
+
+    def create(self, *extra: str) -> EngineProcess:
+        """A daemon's directories and command, not started (for tests of start-up itself)."""
+        root = self.root / f"e{len(self.started)}"
+        root.mkdir()
+        engine = EngineProcess(root, *extra)
+        self.started.append(engine)
+        return engine
+
+    def start(self, *extra: str) -> EngineProcess:
+        return self.create(*extra).start()
+
+    def stop_all(self) -> None:
+        for engine in self.started:
+            engine.stop()
+
+
+@pytest.fixture
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
+    e = Engines(tmp_path_factory.mktemp("eng"))
+    yield e
+    e.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
+    e = Engines(tmp_path_factory.mktemp("eng"))
+    yield e
+    e.stop_all()
+
+
+@pytest.fixture(scope="module")
+def engine(module_engines: Engines) -> EngineProcess:
+    """One daemon shared by a test module's tests."""
+    return module_engines.start()
+
+
+DockerRunner = Callable[..., subprocess.CompletedProcess]
+
+
+def docker_runner(host: str, config_dir: Path) -> DockerRunner:
+    """``run(*args, input=None, timeout=60, check=False, env=None)``: the docker CLI against ``host``."""
+    if not os.path.exists(DOCKER):
+        pytest.skip("the docker CLI is not installed")
+    config_dir.mkdir(parents=True, exist_ok=True)
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(config_dir), "DOCKER_HOST": host,
+            "DOCKER_CONFIG": str(config_dir), "DOCKER_CLI_HINTS": "false"}
+
+    def run(*args: str, input: str | None = None, timeout: float = 60, check: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run([DOCKER, *args], input=input, capture_output=True, text=True, timeout=timeout,
+                                env={**base, **(env or {})}, stdin=None if input is not None else subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            pytest.fail(f"docker {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    return run
+
+
+@pytest.fixture
+def docker(engine: EngineProcess, tmp_path: Path) -> DockerRunner:
+    """The docker CLI against the module's ``engine``, with a private DOCKER_CONFIG."""
+    return docker_runner(engine.host, tmp_path / "docker-config")
+
+
+@pytest.fixture
+def docker_client(engine: EngineProcess) -> Iterator[object]:
+    """docker-py on the module's ``engine`` (it asks /version for the API version, as from_env() does)."""
+    docker_py = pytest.importorskip("docker")
+    client = docker_py.DockerClient(base_url=engine.host, version="auto", timeout=60)
+    yield client
+    client.close()
