@@ -59,7 +59,17 @@ ln -sf "$venv/bin/skiff-runtime" /usr/local/bin/skiff-runtime
 
 [ "$start" = 1 ] || exit 0
 
-# Start Skiff. Today that is the runtime: a busybox bundle run as an isolated container.
+# Start Skiff. First the runtime on its own: a busybox bundle run as an isolated container.
 bundle=/var/lib/skiff/demo/busybox
 "$venv/bin/python" -m skiff.runtime.bundle "$bundle" -- sh -c 'echo "hello from a Skiff container: $(hostname), pid $$"; id'
-exec skiff runtime run --bundle "$bundle" "skiff-demo-$$"
+skiff runtime run --bundle "$bundle" "skiff-demo-$$"
+
+# Then the engine daemon, in the background, on its default socket (left running if it already is).
+sock=/run/skiff/engine.sock
+mkdir -p /run/skiff /var/log/skiff
+if ! "$venv/bin/python" -c "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])" "$sock" 2>/dev/null; then
+    setsid skiff engine >>/var/log/skiff/engine.log 2>&1 < /dev/null &
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+fi
+echo "skiff engine is serving the Docker Engine API on $sock (log: /var/log/skiff/engine.log)"
+echo "use it with:  export DOCKER_HOST=unix://$sock; docker info"
