@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pidfile", metavar="FILE", help="pid file (default EXEC-ROOT/engine.pid)")
     p.add_argument("--runtime", default="skiff", metavar="RUNTIME",
                    help=f"OCI runtime: {', '.join(RUNTIMES)} or the path of a runc-compatible binary (default skiff)")
+    p.add_argument("--cgroup-parent", default="/skiff", metavar="PATH",
+                   help="parent cgroup of every container (default /skiff)")
     p.add_argument("--registry-mirror", dest="mirrors", action="append", default=[], metavar="URL",
                    help="a Docker Hub mirror to pull from first, repeatable")
     p.add_argument("--insecure-registry", dest="insecure", action="append", default=[], metavar="HOST",
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         config = EngineConfig(
             data_root=args.data_root, exec_root=args.exec_root, hosts=args.hosts or [DEFAULT_HOST],
             runtime=args.runtime, registry_mirrors=args.mirrors, insecure_registries=args.insecure,
-            tls=_tls(args, parser), group=args.group, pidfile=args.pidfile)
+            tls=_tls(args, parser), group=args.group, pidfile=args.pidfile, cgroup_parent=args.cgroup_parent)
         logging.getLogger("skiff.engine").info("starting: %s", describe(config))
         asyncio.run(Daemon(config).run())
     except (OSError, SkiffError) as e:

@@ -241,7 +241,7 @@ class ContainerService:
         self.data_dir = os.path.join(cfg.data_root, "containers")
         self.exec_dir = os.path.join(cfg.exec_root, "containers")
         self.spec_options = ocispec.SpecOptions(
-            cgroup_parent=getattr(cfg, "cgroup_parent", None) or "/skiff",
+            cgroup_parent=cfg.cgroup_parent,
             init_binary=getattr(cfg, "init_binary", None) or next((p for p in INIT_BINARIES if os.path.exists(p)),
                                                                   None))
         self._containers: dict[str, Container] = {}

@@ -133,6 +133,7 @@ class EngineConfig:
     tls: TLSConfig | None = None
     group: str | None = None  # the unix sockets' group (default: root's)
     pidfile: Path | None = None  # default: exec_root/engine.pid
+    cgroup_parent: str = "/skiff"  # containers' cgroups go under it, in every hierarchy (dockerd's /docker)
     runtime_command: list[str] = field(init=False)
     listen: list[ListenAddress] = field(init=False)
 

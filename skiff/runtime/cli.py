@@ -336,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except errors.SkiffError as e:
         _report(a, str(e))
     except OSError as e:
-        _report(a, f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        from skiff.runtime.linux import describe
+
+        _report(a, describe(e))
     except KeyboardInterrupt:
         _report(a, "interrupted")
     return 1

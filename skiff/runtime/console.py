@@ -26,9 +26,15 @@ def connect(path: str) -> socket.socket:
     return sock
 
 
-def setup_pty(console: socket.socket, mount_console: bool) -> None:
-    """Open a pty in the container, send its master away, make the slave our stdio and controlling tty."""
+def setup_pty(console: socket.socket, mount_console: bool, size: dict | None = None) -> None:
+    """Open a pty in the container, send its master away, make the slave our stdio and controlling tty.
+
+    ``size`` is the spec's ``process.consoleSize``: set before the process starts, so a program that reads
+    its terminal size at once (a shell prompt, a pager) sees the right one without waiting for a resize.
+    """
     master, slave = os.openpty()
+    if size and size.get("height") and size.get("width"):
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", int(size["height"]), int(size["width"]), 0, 0))
     if mount_console:
         # /dev/console is the pty, as on a real system; the file is the mount point.
         if not os.path.exists("/dev/console"):

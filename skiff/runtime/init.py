@@ -56,7 +56,7 @@ def preload(spec_process: dict, seccomp: dict | None, hooks: bool, new_network: 
 def report_error(sock: sync.Link, error: BaseException) -> None:
     kind = type(error).__name__
     if isinstance(error, OSError):
-        message = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+        message = linux.describe(error)
         kind = "SystemFailure"
     else:
         message = str(error) or kind
@@ -170,7 +170,7 @@ def container_init(sock: sync.Link, spec: dict, builder, new: set[str], fifo_fd:
     if process.get("terminal"):
         from skiff.runtime.console import setup_pty
 
-        setup_pty(console, mount_console="mount" in new)
+        setup_pty(console, mount_console="mount" in new, size=process.get("consoleSize"))
     if "mount" in new:
         builder.finalize()
     if spec.get("hostname"):
@@ -236,7 +236,7 @@ def exec_child(sock: sync.Link, process: dict, seccomp: dict | None,
         from skiff.runtime.console import setup_pty
 
         os.setsid()
-        setup_pty(console, mount_console=False)
+        setup_pty(console, mount_console=False, size=process.get("consoleSize"))
     setup = ProcessSetup(process)
     finish_process_setup(setup, seccomp, preserve_fds)
     path = setup.executable()

@@ -149,3 +149,10 @@ def last_cap() -> int:
             return int(f.read())
     except OSError:
         return 40
+
+
+def describe(error: OSError) -> str:
+    """An OSError as Go words it (``open /x: permission denied``): engines match these texts (the docker
+    CLI maps "permission denied" to exit 126 and "no such file or directory" to 127)."""
+    reason = (error.strerror or str(error)).lower()
+    return f"{error.filename}: {reason}" if error.filename else reason

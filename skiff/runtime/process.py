@@ -111,6 +111,8 @@ class ProcessSetup:
         if "/" in name:
             if os.access(name, os.X_OK) and not os.path.isdir(name):
                 return name
+            if os.path.exists(name):  # as Go's LookPath: there, but not something we may execute
+                raise InvalidArgument(f'exec: "{name}": permission denied')
             raise NotFound(f'exec: "{name}": stat {name}: no such file or directory')
         path = next((e[5:] for e in self.env if e.startswith("PATH=")), "/usr/local/bin:/usr/bin:/bin")
         for directory in path.split(":"):

@@ -200,8 +200,6 @@ def test_failed_start_is_recorded(docker: DockerRunner) -> None:
     assert "no such file or directory" in inspect(docker, "broken", "{{.State.Error}}")
 
 
-@pytest.mark.xfail(reason="skiff-runtime reports a non-executable file as 'no such file or directory' (127)",
-                   strict=False)
 def test_permission_denied_is_126(docker: DockerRunner) -> None:
     assert docker("run", "--rm", IMAGE, "/etc/passwd").returncode == 126
 

@@ -240,3 +240,11 @@ def test_create_killed_midway_is_cleaned_by_delete_force(runtime: Runtime, bundl
     assert r.returncode == 0, r.stderr
     assert not (runtime.root / cid).exists()
     assert [d for d in cgroup_dirs(f"/skiff-test/{cid}") if os.path.exists(d)] == []
+
+
+def test_a_file_that_is_not_executable_is_permission_denied(runtime: Runtime, bundle: BundleFactory) -> None:
+    """Engines map the text to exit codes (docker: "permission denied" -> 126): it must be Go's wording."""
+    r = runtime.run(bundle(["/etc/passwd"]))
+    assert r.returncode != 0
+    if runtime.name != "runc":
+        assert "permission denied" in r.stderr and "no such file" not in r.stderr, r.stderr
