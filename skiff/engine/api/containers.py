@@ -470,8 +470,8 @@ async def _copy_stdin(raw: RawStream, session: Any, detach_keys: bytes | None, d
 # --------------------------------------------------------------------------------------------------
 
 
-class ContainerRoutes:
-    """The handlers, bound to one engine."""
+class ServiceRoutes:
+    """Handlers bound to one engine, reaching its container service (the exec routes share this)."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -481,6 +481,10 @@ class ContainerRoutes:
         if self.engine.containers is None:
             raise errors.Unsupported("containers are not available in this engine")
         return self.engine.containers
+
+
+class ContainerRoutes(ServiceRoutes):
+    """The container handlers."""
 
     def _get(self, request: web.Request) -> Container:
         return self.svc.get(request.match_info["id"])

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from skiff import errors
 from skiff.engine.api.common import frame, hijack, json_response, query_int, read_json
-from skiff.engine.api.containers import parse_detach_keys, pump
-from skiff.engine.containers import ContainerService, Exec
+from skiff.engine.api.containers import ServiceRoutes, parse_detach_keys, pump
+from skiff.engine.containers import Exec
 
 
 def exec_doc(e: Exec) -> dict:
@@ -31,15 +31,8 @@ def exec_doc(e: Exec) -> dict:
     }
 
 
-class ExecRoutes:
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    @property
-    def svc(self) -> ContainerService:
-        if self.engine.containers is None:
-            raise errors.Unsupported("containers are not available in this engine")
-        return self.engine.containers
+class ExecRoutes(ServiceRoutes):
+    """The exec handlers."""
 
     async def create(self, request: web.Request) -> web.Response:
         e = self.svc.create_exec(request.match_info["id"], await read_json(request))
