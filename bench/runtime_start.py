@@ -26,19 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from skiff.runtime.bundle import make_busybox_bundle  # noqa: E402
+from tests.runtime.harness import skiff_command  # noqa: E402  (the same runtime the tests drive)
 
 CGROUP_PARENT = "skiff-bench"
 GOAL = 1.5
-
-
-def skiff_command() -> list[str]:
-    explicit = os.environ.get("SKIFF_RUNTIME_CMD")
-    if explicit:
-        return shlex.split(explicit)
-    beside = Path(sys.executable).parent / "skiff-runtime"
-    if beside.exists():
-        return [str(beside)]
-    return [sys.executable, "-m", "skiff.runtime.cli"]
 
 
 def percentile(samples: list[float], p: float) -> float:
