@@ -16,12 +16,26 @@ _VERBS = {
     "engine": ("skiff.engine.cli", "main"),
 }
 
+# docker's verbs (skiff/cli/dockercli): a client of the Engine API; they get the whole argument list, so that
+# the global ``-H/--host`` before the verb reaches them.
+_DOCKER_VERBS = frozenset({
+    "version", "info", "ps", "run", "create", "start", "stop", "restart", "kill", "rm", "logs", "exec", "inspect",
+    "top", "wait", "pause", "unpause", "rename", "images", "pull", "push", "tag", "rmi", "save", "load", "import",
+    "login", "logout", "events", "stats", "system", "container", "image",
+})
+_DOCKER_GLOBALS = ("-H", "--host")
+
 _USAGE = """usage: skiff <command> [args...]
 
 commands:
   runtime   the OCI runtime (runc's command line): create, start, run, exec, kill, delete, ...
   registry  an OCI Distribution registry server
   engine    the engine daemon, serving the Docker Engine API
+
+docker's verbs, against the engine at -H/--host (or $SKIFF_HOST, default unix:///run/skiff/engine.sock):
+  skiff [-H HOST] version | info | ps | run | create | start | stop | restart | kill | rm | logs | exec
+        | inspect | top | wait | pause | unpause | rename | images | pull | push | tag | rmi | save | load
+        | import | login | logout | events | stats | system df | system prune | container ... | image ...
 """
 
 
@@ -35,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"skiff {__version__}")
         return 0
+    if args[0] in _DOCKER_VERBS or args[0] in _DOCKER_GLOBALS or args[0].startswith("--host="):
+        from skiff.cli.dockercli import main as docker_main
+
+        return docker_main(args)
     target = _VERBS.get(args[0])
     if target is None:
         sys.stderr.write(f"skiff: unknown command {args[0]!r}\n{_USAGE}")

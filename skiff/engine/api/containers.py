@@ -45,6 +45,7 @@ from skiff.engine.containers import (
 )
 from skiff.engine.logs import read_logs
 from skiff.engine.ocispec import MASKED_PATHS, READONLY_PATHS
+from skiff.units import human_duration
 
 LIST_FILTERS = ("id", "name", "label", "status", "ancestor", "exited", "before", "since", "health", "isolation",
                 "network", "publish", "expose", "volume", "is-task")
@@ -85,32 +86,6 @@ _ENDPOINT: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------------
 
 
-def human_duration(seconds: float) -> str:
-    """go-units' HumanDuration, which ``docker ps`` shows ("Up 3 seconds", "Exited (0) 2 minutes ago")."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = s // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = round(seconds / 3600)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
 
 
 def status_text(c: Container, now: float | None = None) -> str:
