@@ -151,12 +151,38 @@ class EngineProcess:
             return ""
 
 
+CGROUP_PARENT = "skiff"  # the engine's default --cgroup-parent, under every hierarchy
+
+
+def cgroup_parents() -> set[str]:
+    """The engine's cgroup parent directories that exist now, in every hierarchy."""
+    from tests.leakcheck import cgroup_hierarchies
+
+    return {p for h in cgroup_hierarchies() if os.path.isdir(p := os.path.join(h.mountpoint, CGROUP_PARENT))}
+
+
+def remove_cgroup_parents(made: set[str]) -> None:
+    """Runtimes leave the (empty) parent of a cgroupsPath behind, as runc does: remove the ones we made,
+    waiting a little for the last containers' cgroups to go."""
+    for path in made:
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
 class Engines:
-    """Starts daemons in numbered directories and stops them all at the end."""
+    """Starts daemons in numbered directories and stops them all at the end (and removes the cgroup
+    parents their containers made)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.started: list[EngineProcess] = []
+        self._parents_before = cgroup_parents()
 
     def create(self, *extra: str) -> EngineProcess:
         """A daemon's directories and command, not started (for tests of start-up itself)."""
@@ -172,6 +198,7 @@ class Engines:
     def stop_all(self) -> None:
         for engine in self.started:
             engine.stop()
+        remove_cgroup_parents(cgroup_parents() - self._parents_before)
 
 
 @pytest.fixture

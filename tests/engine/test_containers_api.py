@@ -23,36 +23,29 @@ import pytest
 
 from skiff.engine.api.containers import DetachScanner, human_duration, parse_detach_keys, point_in_time, status_text
 from skiff.engine.containers import Container, ContainerState, parse_ps, start_error_exit_code
-from tests.engine.conftest import DockerRunner, EngineProcess, Engines, docker_runner
+from tests.engine.conftest import (
+    DockerRunner,
+    EngineProcess,
+    Engines,
+    cgroup_parents,
+    docker_runner,
+    remove_cgroup_parents,
+)
 from tests.image import testimages
-from tests.leakcheck import cgroup_hierarchies
 
 IMAGE = "busybox"
 IMPORT_CHANGES = ("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["sh"]')
-CGROUP_PARENT = "skiff"  # the engine's default parent (under every hierarchy)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-def _parents() -> set[str]:
-    return {p for h in cgroup_hierarchies() if os.path.isdir(p := os.path.join(h.mountpoint, CGROUP_PARENT))}
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _cgroup_parents() -> Iterator[None]:
-    """Runtimes leave the (empty) parent of a cgroupsPath behind, as runc does: remove the ones we made."""
-    before = _parents()
+    """Also for the daemons this module starts without the shared fixtures."""
+    before = cgroup_parents()
     yield
-    for path in _parents() - before:
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.1)
+    remove_cgroup_parents(cgroup_parents() - before)
 
 
 @pytest.fixture(scope="module")
