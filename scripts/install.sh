@@ -9,7 +9,7 @@ start=1
 [ "${1:-}" = "--no-start" ] && start=0
 
 # System packages: the kernel-facing tools Skiff drives and the peers its tests compare with.
-packages=(python3 python3-venv iproute2 nftables libseccomp2 busybox-static runc crun tini
+packages=(python3 python3-venv iproute2 nftables libseccomp2 busybox-static runc crun tini tmux
           skopeo docker-registry etcd-server mmdebstrap)
 missing=()
 for p in "${packages[@]}"; do

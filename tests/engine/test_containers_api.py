@@ -551,3 +551,30 @@ def test_point_in_time() -> None:
     assert point_in_time("1h30m", now=10_000) == 10_000 - 5400
     assert point_in_time("1700000000") == 1_700_000_000
     assert point_in_time("2024-01-01T00:00:00Z") == 1_704_067_200
+
+
+def test_exec_it_under_a_real_terminal_in_tmux(docker: DockerRunner, engine: EngineProcess, tmp_path: Path) -> None:
+    """`docker exec -it` typed into a tmux pane, as a person would: prompt, echo, terminal size, exit code."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    ok(docker("run", "-d", "--name", "tmuxed", IMAGE, "sleep", "300"))
+    session = f"skt-{os.getpid()}"
+    socket_name = str(tmp_path / "tmux.sock")
+    tmux = ["tmux", "-S", socket_name]
+    status = tmp_path / "status"
+    env = f"DOCKER_HOST={engine.host} DOCKER_CONFIG={tmp_path / 'cfg'} DOCKER_CLI_HINTS=false"
+    command = f"env {env} docker exec -it tmuxed sh; echo $? > {status}"
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "90", "-y", "30", command], check=True)
+    try:
+        def screen() -> str:
+            return subprocess.run([*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+
+        assert wait_until(lambda: "#" in screen(), timeout=20), screen()  # busybox sh's root prompt
+        subprocess.run([*tmux, "send-keys", "-t", session, "echo typed-$((6*7)); stty size; hostname", "Enter"],
+                       check=True)
+        assert wait_until(lambda: "typed-42" in screen() and "30 90" in screen(), timeout=10), screen()
+        subprocess.run([*tmux, "send-keys", "-t", session, "exit 7", "Enter"], check=True)
+        assert wait_until(status.exists, timeout=10), screen()
+        assert wait_until(lambda: status.read_text().strip() == "7", timeout=5)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
