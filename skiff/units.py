@@ -1,5 +1,5 @@
-"""Human-readable units as Docker's go-units prints them, shared by the engine (``Status`` texts) and
-the CLI (``CREATED`` columns): one definition, so both say "About a minute" the same way."""
+"""Human-readable units as Docker's go-units prints them, shared by the engine (``Status`` texts), the
+registry client (progress bars) and the CLI (columns): one definition, so all say it the same way."""
 
 from __future__ import annotations
 
@@ -30,3 +30,21 @@ def human_duration(seconds: float) -> str:
     if hours < 24 * 365 * 2:
         return f"{hours // 24 // 30} months"
     return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def _scaled(size: float, base: float, units: tuple[str, ...], precision: int) -> str:
+    i = 0
+    while size >= base and i < len(units) - 1:
+        size /= base
+        i += 1
+    return f"{size:.{precision}g}{units[i]}"
+
+
+def human_size(size: float, precision: int = 3) -> str:
+    """go-units ``HumanSizeWithPrecision``: decimal units (``12.3MB``)."""
+    return _scaled(size, 1000.0, ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"), precision)
+
+
+def bytes_size(size: float) -> str:
+    """go-units ``BytesSize``: binary units, four significant digits (``1.5GiB``)."""
+    return _scaled(size, 1024.0, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"), 4)

@@ -336,6 +336,16 @@ def _render(rec: _Record, timestamps: bool) -> tuple[int, bytes]:
     return rec.stream, rec.data
 
 
+def _within(rec, since_ns: int | None) -> bool:
+    """A readable record at or after ``since`` (undecodable lines are skipped)."""
+    return rec is not None and (since_ns is None or rec.ns >= since_ns)
+
+
+def _past(rec, until_ns: int | None) -> bool:
+    """A record at or after ``until``: reading stops there."""
+    return rec is not None and until_ns is not None and rec.ns >= until_ns
+
+
 async def read_logs(path: str, *, follow: bool = False, since: float | None = None, until: float | None = None,
                     tail: int | None = None, timestamps: bool = False,
                     stop: asyncio.Event | None = None) -> AsyncIterator[tuple[int, bytes]]:
@@ -361,20 +371,18 @@ async def read_logs(path: str, *, follow: bool = False, since: float | None = No
             seg.f.close()
         for line in lines:
             rec = _decode(line)
-            if rec is None or (since_ns is not None and rec.ns < since_ns):
-                continue
-            if until_ns is not None and rec.ns >= until_ns:
+            if _past(rec, until_ns):
                 return
-            yield _render(rec, timestamps)
+            if _within(rec, since_ns):
+                yield _render(rec, timestamps)
         if not follow:
             return
         async for line in _follow_lines(follower, stop):
             rec = _decode(line)
-            if rec is None or (since_ns is not None and rec.ns < since_ns):
-                continue
-            if until_ns is not None and rec.ns >= until_ns:
+            if _past(rec, until_ns):
                 return
-            yield _render(rec, timestamps)
+            if _within(rec, since_ns):
+                yield _render(rec, timestamps)
     finally:
         for seg in segments[:-1]:
             seg.f.close()

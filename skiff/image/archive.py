@@ -42,6 +42,7 @@ from skiff.errors import InvalidArgument, NotFound, SystemFailure, Unsupported
 from skiff.image import manifest as mf
 from skiff.image.changes import apply_changes
 from skiff.image.content import ContentStore, DigestMismatch, check_digest
+from skiff.image.layer import PrefixedStream
 from skiff.image.reference import Reference
 from skiff.image.reference import parse as parse_reference
 from skiff.image.store import Image, ImageStore
@@ -459,7 +460,7 @@ def _ingest_archive(stream: BinaryIO, content: ContentStore) -> _ArchiveFiles:
     """One pass over the tar: documents kept in memory, every other file streamed into the store."""
     files = _ArchiveFiles()
     head = _read_exact(stream, 2)
-    stream = _Prefixed(head, stream)
+    stream = PrefixedStream(head, stream)
     try:
         # gzip ourselves: tarfile's own stream decoder ignores the gzip trailer (CRC and length).
         with contextlib.ExitStack() as stack:
@@ -789,7 +790,7 @@ def _image_config(platform: mf.Platform, container_config: dict, diff_id: str, w
 def _store_layer(stream: BinaryIO, content: ContentStore, compresslevel: int) -> tuple[dict, str]:
     """Store the rootfs as a gzip layer, checking it is a whole tar; (descriptor, diff_id)."""
     head = _read_exact(stream, 6)
-    stream = _Prefixed(head, stream)
+    stream = PrefixedStream(head, stream)
     if head.startswith(_ZSTD_MAGIC):
         raise Unsupported("zstd-compressed rootfs archives are not supported (use gzip, bzip2, xz or none)")
     try:
@@ -896,22 +897,6 @@ def _skip(stream: BinaryIO, n: int) -> int:
 def _drain(stream: BinaryIO) -> None:
     while stream.read(_CHUNK):
         pass
-
-
-class _Prefixed:
-    """A stream with bytes already read from it put back in front (to sniff compression)."""
-
-    def __init__(self, head: bytes, stream: BinaryIO) -> None:
-        self.head, self.stream = head, stream
-
-    def read(self, n: int = -1) -> bytes:
-        if not self.head:
-            return self.stream.read(n)
-        if n < 0:
-            data, self.head = self.head + self.stream.read(), b""
-            return data
-        data, self.head = self.head[:n], self.head[n:]
-        return data + (self.stream.read(n - len(data)) if len(data) < n else b"")
 
 
 class _Tee:

@@ -84,6 +84,7 @@ from skiff.image.content import ContentStore, DigestMismatch, digest_of
 from skiff.image.reference import DEFAULT_DOMAIN, Reference
 from skiff.image.reference import parse as parse_reference
 from skiff.image.store import Image, ImageStore
+from skiff.units import human_size
 
 HUB_HOST = "registry-1.docker.io"
 USER_AGENT = f"skiff/{skiff.__version__}"
@@ -207,22 +208,16 @@ def error_for(status: int, body: bytes, what: str) -> SkiffError:
 
 # ---------------------------------------------------------------------------------------------- progress
 
-def human_size(n: float) -> str:
-    """Sizes as Docker prints them (go-units HumanSize: decimal units, four significant digits)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.4g}{unit}"
-        n /= 1000
     raise AssertionError
 
 
 def progress_bar(current: int, total: int) -> str:
     """Docker's 50-column progress string, for clients that print ``progress`` rather than drawing one."""
     if total <= 0:
-        return f"{human_size(current):>8}"
+        return f"{human_size(current, 4):>8}"
     filled = min(50, current * 50 // total)
     bar = "=" * filled + (">" if filled < 50 else "") + " " * max(0, 49 - filled)
-    return f"[{bar}] {human_size(current):>8}/{human_size(total)}"
+    return f"[{bar}] {human_size(current, 4):>8}/{human_size(total, 4)}"
 
 
 class _Progress:

@@ -71,8 +71,9 @@ def compression_of(media_type: str | None) -> str | None:
     raise Unsupported(f"unsupported layer media type {media_type!r}")
 
 
-class _Prefixed:
-    """A stream with some bytes already read from its head put back (for sniffing magic numbers)."""
+class PrefixedStream:
+    """A stream with bytes already read from its head put back in front (for sniffing magic numbers);
+    the archive loader uses it too."""
 
     def __init__(self, head: bytes, rest: BinaryIO) -> None:
         self.head, self.rest = head, rest
@@ -83,6 +84,8 @@ class _Prefixed:
         if n < 0:
             data, self.head = self.head + self.rest.read(), b""
             return data
+        data, self.head = self.head[:n], self.head[n:]
+        return data + (self.rest.read(n - len(data)) if len(data) < n else b"")
         data, self.head = self.head[:n], self.head[n:]
         return data
 
@@ -185,7 +188,7 @@ def _decompressed(raw: BinaryIO, media_type: str | None) -> BinaryIO:
     media types in ``docker save``); the media type only has to name a layer."""
     compression_of(media_type)
     head = raw.read(4)
-    stream = _Prefixed(head, raw)
+    stream = PrefixedStream(head, raw)
     if head.startswith(_GZIP_MAGIC):
         return _Gunzip(stream)  # type: ignore[arg-type,return-value]
     if head == _ZSTD_MAGIC:

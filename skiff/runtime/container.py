@@ -196,7 +196,7 @@ class Runtime:
             message = sock.recv()
         except sync.ChildFailed as e:
             _reap(bridge)
-            _reraise(e, _last_kind(e))
+            _reraise(e, e.kind)
         if message is None or message["type"] != "ready":
             _reap(bridge)
             if message is None:
@@ -298,7 +298,7 @@ class Runtime:
                 _reraise(Exception(message.get("message")), message.get("kind"))
         except sync.ChildFailed as e:
             _reap(bridge)
-            _reraise(e, _last_kind(e))
+            _reraise(e, e.kind)
         finally:
             parent.close()
         if pid_file:
@@ -431,10 +431,6 @@ class Runtime:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def _last_kind(error: sync.ChildFailed) -> str | None:
-    return getattr(error, "kind", None)
-
-
 def _peek_terminal(bundle: str) -> bool:
     try:
         return bool(load_bundle(os.path.abspath(bundle))["process"].get("terminal"))

@@ -325,22 +325,19 @@ class RootfsBuilder:
             mask_path(path)
 
 
+# statvfs flag -> the mount flag a remount must repeat.
+_LOCKED_FLAGS = ((os.ST_NOSUID, linux.MS_NOSUID), (os.ST_NODEV, linux.MS_NODEV), (os.ST_NOEXEC, linux.MS_NOEXEC),
+                 (os.ST_NOATIME, linux.MS_NOATIME), (os.ST_NODIRATIME, linux.MS_NODIRATIME),
+                 (os.ST_RELATIME, linux.MS_RELATIME))
+
+
 def _mount_flags(path: str) -> int:
     """The per-mount flags now on ``path`` (a remount must repeat the locked ones)."""
-    st = os.statvfs(path)
+    current = os.statvfs(path).f_flag
     flags = 0
-    if st.f_flag & os.ST_NOSUID:
-        flags |= linux.MS_NOSUID
-    if st.f_flag & os.ST_NODEV:
-        flags |= linux.MS_NODEV
-    if st.f_flag & os.ST_NOEXEC:
-        flags |= linux.MS_NOEXEC
-    if st.f_flag & os.ST_NOATIME:
-        flags |= linux.MS_NOATIME
-    if st.f_flag & os.ST_NODIRATIME:
-        flags |= linux.MS_NODIRATIME
-    if st.f_flag & os.ST_RELATIME:
-        flags |= linux.MS_RELATIME
+    for st_flag, ms_flag in _LOCKED_FLAGS:
+        if current & st_flag:
+            flags |= ms_flag
     return flags
 
 

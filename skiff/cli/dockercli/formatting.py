@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from skiff.units import human_duration
+from skiff.units import bytes_size, human_duration, human_size  # noqa: F401 (re-exported for commands)
 
 
 def tabwrite(rows: Iterable[Iterable[str]], minwidth: int = 10, padding: int = 3) -> str:
@@ -32,24 +32,6 @@ def tabwrite_lines(lines: Iterable[str]) -> str:
     return tabwrite(line.split("\t") for line in lines)
 
 
-def human_size(size: float, precision: int = 3) -> str:
-    """go-units ``HumanSizeWithPrecision``: decimal units, ``%.3g``."""
-    units = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
-    i = 0
-    while size >= 1000 and i < len(units) - 1:
-        size /= 1000.0
-        i += 1
-    return f"{size:.{precision}g}{units[i]}"
-
-
-def bytes_size(size: float) -> str:
-    """go-units ``BytesSize``: binary units, ``%.4g``."""
-    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-    i = 0
-    while size >= 1024 and i < len(units) - 1:
-        size /= 1024.0
-        i += 1
-    return f"{size:.4g}{units[i]}"
 
 
 
