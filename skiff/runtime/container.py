@@ -97,9 +97,9 @@ class Runtime:
     # -- create / start / run ------------------------------------------------------------------------
     def create(self, container_id: str, bundle: str, pid_file: str | None = None,
                console_socket: str | None = None, preserve_fds: int = 0,
-               _console: object = None) -> ContainerState:
+               _console: object = None, _spec: dict | None = None) -> ContainerState:
         bundle = os.path.abspath(bundle)
-        spec = load_bundle(bundle)
+        spec = _spec if _spec is not None else load_bundle(bundle)
         validate_spec(spec)
         if spec["process"].get("terminal") and not (console_socket or _console):
             raise errors.InvalidArgument("cannot allocate tty if runc will detach without setting console socket")
@@ -220,9 +220,9 @@ class Runtime:
             console_socket: str | None = None, detach: bool = False, preserve_fds: int = 0) -> int:
         from skiff.runtime import linux
 
-        spec_terminal = _peek_terminal(bundle)
+        spec = load_bundle(os.path.abspath(bundle))  # read once, handed to create
         relay_console = None
-        if spec_terminal and not console_socket:
+        if spec["process"].get("terminal") and not console_socket:
             if detach:
                 raise errors.InvalidArgument("cannot allocate tty if runc will detach without setting console socket")
             from skiff.runtime.console import pair
@@ -231,7 +231,7 @@ class Runtime:
         if not detach:
             linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
         st = self.create(container_id, bundle, pid_file, console_socket, preserve_fds,
-                         _console=relay_console[1] if relay_console else None)
+                         _console=relay_console[1] if relay_console else None, _spec=spec)
         if detach:
             self.start(container_id)
             return 0
@@ -431,13 +431,6 @@ class Runtime:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def _peek_terminal(bundle: str) -> bool:
-    try:
-        return bool(load_bundle(os.path.abspath(bundle))["process"].get("terminal"))
-    except errors.SkiffError:
-        return False  # create reports the problem properly
-
-
 def _has_own_pid_ns(spec: dict) -> bool:
     return any(ns["type"] == "pid" and not ns.get("path") for ns in (spec.get("linux") or {}).get("namespaces") or [])
 
