@@ -9,10 +9,17 @@ step: it tars an overlay upper directory back into the OCI format.
 A layer is untrusted input. Extraction never writes outside the target directory: every entry name is
 cleaned lexically (leading ``/`` stripped, ``..`` above the root refused), parent directories are opened
 one component at a time from a directory fd with ``O_NOFOLLOW`` (a symlink or file where a directory is
-needed is an error, never followed), an existing entry is removed before its replacement is created
-(``O_EXCL``), hard links must point at an entry of the same layer, and overlay's own xattrs are dropped
-from the tar (only the opaque marker may set one). A corrupt or truncated archive raises
-``InvalidArgument`` and the target directory is removed, so nothing half-written is left behind.
+needed is an error, never followed), every entry is created with ``O_EXCL`` semantics (an existing entry
+of the same layer is removed first, never written through), hard links must point at an entry of the
+same layer, and overlay's own xattrs are dropped from the tar (only the opaque marker may set one). A
+corrupt or truncated archive raises ``InvalidArgument`` and the target directory is removed, so nothing
+half-written is left behind.
+
+Speed: the layer is read, inflated and hashed (its diff_id) on a thread of its own while the calling
+thread parses headers (``_tarreader``, much leaner than ``tarfile``) and writes files straight from the
+inflated chunks. Applying does not need the layers below, so layers can be applied side by side
+(``extract_layer`` in parallel, then ``inherit_implied_dirs`` once the lowers exist); ``apply_layer`` is
+both steps in one.
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ import stat
 import tarfile
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from skiff.errors import InvalidArgument, SystemFailure, Unsupported
 from skiff.image import manifest as mf
+from skiff.image._tarreader import CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, TarEntry, TarReader
 from skiff.image.content import ContentStore
 
 WHITEOUT_PREFIX = ".wh."
@@ -50,8 +58,11 @@ _UNEXPORTABLE_XATTRS = ("security.selinux",)  # the host's label, meaningless in
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
-_BLOCK = tarfile.BLOCKSIZE
+_RAW_CHUNK = 256 << 10  # compressed bytes inflated at a time: ~1 MiB out, cache-sized
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directories of the open path kept open at most: a layer's nesting must not exhaust the process's fds.
+_KEPT_DEPTH = 32
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,8 +97,6 @@ class PrefixedStream:
             return data
         data, self.head = self.head[:n], self.head[n:]
         return data + (self.rest.read(n - len(data)) if len(data) < n else b"")
-        data, self.head = self.head[:n], self.head[n:]
-        return data
 
 
 class _ZstdReader:
@@ -109,135 +118,103 @@ class _ZstdReader:
             raise InvalidArgument(f"layer is corrupt or truncated (zstd: {e})") from None
 
 
-class _Gunzip:
-    """gzip decompression on a thread of its own, so it overlaps extraction on the caller's thread.
-
-    zlib releases the GIL while it inflates, and inflating is a third of applying a typical layer; this is
-    what GNU tar gets by piping through a separate gzip process. Multi-member files are handled; a
-    truncated or corrupt stream raises ``InvalidArgument`` in the reader, as ``GzipFile`` would.
-    """
-
-    _AHEAD = 8  # decompressed chunks buffered ahead of the reader
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(self._AHEAD)
-        self._buffer = memoryview(b"")
-        self._done = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._inflate, name="gunzip", daemon=True)
-        self._thread.start()
-
-    def _inflate(self) -> None:
-        try:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            while not self._stop.is_set():
-                data = self._raw.read(_CHUNK)
-                if not data:
-                    break
-                while data:
-                    self._put(inflater.decompress(data))
-                    data = inflater.unused_data
-                    if inflater.eof and data:
-                        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next gzip member
-            if not inflater.eof:
-                raise EOFError("compressed stream ended before the end-of-stream marker")
-            self._put(None)
-        except BaseException as e:  # handed to the reader, which raises it
-            self._put(e)
-
-    def _put(self, item: bytes | BaseException | None) -> None:
-        if item == b"":
-            return
-        while not self._stop.is_set():
-            try:
-                self._chunks.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def read(self, n: int = -1) -> bytes:
-        parts = []
-        want = n if n is not None and n >= 0 else None
-        while want is None or want > 0:
-            if not self._buffer:
-                if self._done:
-                    break
-                item = self._chunks.get()
-                if item is None:
-                    self._done = True
-                    break
-                if isinstance(item, BaseException):
-                    self._done = True
-                    raise item
-                self._buffer = memoryview(item)
-            take = len(self._buffer) if want is None else min(want, len(self._buffer))
-            parts.append(self._buffer[:take].tobytes())
-            self._buffer = self._buffer[take:]
-            if want is not None:
-                want -= take
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
+def _gunzipped(raw: BinaryIO) -> Iterator[bytes]:
+    """gzip inflated chunk by chunk; multi-member files are handled, a truncated stream is an EOFError."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    while data := raw.read(_RAW_CHUNK):
+        while data:
+            out = inflater.decompress(data)
+            if out:
+                yield out
+            data = inflater.unused_data
+            if inflater.eof and data:
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next gzip member
+    if not inflater.eof:
+        raise EOFError("compressed stream ended before the end-of-stream marker")
 
 
-def _decompressed(raw: BinaryIO, media_type: str | None) -> BinaryIO:
-    """The uncompressed tar stream. The magic number decides (Docker writes uncompressed layers under gzip
-    media types in ``docker save``); the media type only has to name a layer."""
+def _chunks_of(reader: BinaryIO | _ZstdReader) -> Iterator[bytes]:
+    while data := reader.read(_CHUNK):
+        yield data
+
+
+def _uncompressed_chunks(raw: BinaryIO, media_type: str | None) -> Iterator[bytes]:
+    """The uncompressed tar as chunks. The magic number decides (Docker writes uncompressed layers under
+    gzip media types in ``docker save``); the media type only has to name a layer."""
     compression_of(media_type)
     head = raw.read(4)
     stream = PrefixedStream(head, raw)
     if head.startswith(_GZIP_MAGIC):
-        return _Gunzip(stream)  # type: ignore[arg-type,return-value]
+        return _gunzipped(stream)  # type: ignore[arg-type]
     if head == _ZSTD_MAGIC:
-        return _ZstdReader(stream)  # type: ignore[arg-type,return-value]
+        return _chunks_of(_ZstdReader(stream))  # type: ignore[arg-type]
     if not head:
         raise InvalidArgument("layer is empty (not even an end-of-archive block)")
-    return stream  # type: ignore[return-value]
+    return _chunks_of(stream)  # type: ignore[arg-type]
 
 
-class _TarStream:
-    """The uncompressed layer as tarfile reads it: hashed for the diff_id on the way, remembering its last
-    bytes so that the end-of-archive block after the last member can be checked (tarfile quietly accepts
-    an archive cut at a header boundary, which would make a truncated layer look complete)."""
+class _Inflow:
+    """The uncompressed layer, produced on a thread of its own: read, inflated and hashed (the diff_id)
+    there, so that it overlaps parsing and writing on the caller's thread; zlib and sha256 release the
+    GIL, which is what GNU tar gets by piping through a separate gzip process."""
 
-    _KEEP = 1 << 16
+    _AHEAD = 8  # chunks made ahead of the reader
 
-    def __init__(self, source: BinaryIO) -> None:
-        self.source = source
-        self.hash = hashlib.sha256()
-        self.pos = 0
-        self.tail = bytearray()
-        self.tail_start = 0
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._source = chunks
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(self._AHEAD)
+        self._hash = hashlib.sha256()
+        self._finished = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="layer-inflow", daemon=True)
+        self._thread.start()
 
-    def read(self, n: int = -1) -> bytes:
+    def _produce(self) -> None:
         try:
-            data = self.source.read(n if n is not None and n >= 0 else -1)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # gzip: truncated, bad CRC, bad header
-            raise InvalidArgument(f"layer is corrupt or truncated (decompression failed: {e})") from None
-        self.hash.update(data)
-        self.pos += len(data)
-        self.tail += data
-        if len(self.tail) > 2 * self._KEEP:
-            cut = len(self.tail) - self._KEEP
-            del self.tail[:cut]
-            self.tail_start += cut
-        return data
+            for chunk in self._source:
+                self._hash.update(chunk)
+                if not self._put(chunk):
+                    return
+            self._put(None)
+        except BaseException as e:  # handed to the reader, which raises it
+            self._put(e)
 
-    def finish(self, end: int) -> str:
-        """Check the block at ``end`` (where tarfile stopped) is an end-of-archive block, read the rest
-        (padding) for the hash, and return the diff_id."""
-        while self.pos < end + _BLOCK and self.read(_BLOCK):
-            pass
-        start = end - self.tail_start
-        block = bytes(self.tail[start:start + _BLOCK]) if start >= 0 else b""
-        if len(block) != _BLOCK or block.count(0) != _BLOCK:
-            raise InvalidArgument(f"layer tar is truncated or corrupt at byte {end}: no end-of-archive block")
-        while self.read(_CHUNK):
-            pass
-        return "sha256:" + self.hash.hexdigest()
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[bytes]:
+        while not self._finished:
+            item = self._queue.get()
+            if item is None:
+                self._finished = True
+                return
+            if isinstance(item, BaseException):
+                self._finished = True
+                if isinstance(item, (EOFError, zlib.error)):
+                    raise InvalidArgument(f"layer is corrupt or truncated (decompression failed: {item})") from None
+                raise item
+            yield item
+
+    @property
+    def diff_id(self) -> str:
+        """The sha256 of the whole uncompressed stream (only once it has all been read)."""
+        assert self._finished, "the layer stream was not read to its end"
+        return "sha256:" + self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,6 +225,9 @@ def clean_name(name: str) -> list[str]:
     """The components of a tar entry name below the layer root. A leading ``/`` is dropped (an absolute
     name lands inside the root, as Docker does); ``..`` is resolved lexically and may not climb above
     the root. Symlinks are never consulted: extraction never follows them."""
+    trimmed = name[2:] if name.startswith("./") else name
+    if trimmed and trimmed[0] not in "./" and "/." not in trimmed and "//" not in trimmed:
+        return trimmed.rstrip("/").split("/")  # the common case: no empty, '.' or '..' component
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):
@@ -274,81 +254,92 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
+def _open_child(dir_fd: int, name: str, parts: Sequence[str]) -> int:
+    """The directory ``name`` in ``dir_fd``, never through a symlink (``parts`` names it in errors)."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise InvalidArgument(f"layer path {'/'.join(parts)!r} is a symlink or a file where a directory "
+                                  "is needed (it is never followed)") from None
+        raise
+
+
+def _open_path(root_fd: int, parts: Sequence[str]) -> int:
+    """An fd for the directory ``parts`` below ``root_fd``, walked one component at a time."""
+    fd = os.dup(root_fd)
+    try:
+        for i, name in enumerate(parts):
+            nfd = _open_child(fd, name, parts[:i + 1])
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class _Tree:
     """A directory tree reached only through fds opened from its root with O_NOFOLLOW, one component at a
-    time, so no symlink (whatever the layer put there) is ever followed."""
+    time, so no symlink (whatever the layer put there) is ever followed.
 
-    def __init__(self, root_fd: int, lowers: Sequence[str] = ()) -> None:
+    The directories on the path last opened stay open: tar entries come depth first, so the next entry's
+    parent is nearly always on that path, and one ``openat`` (or none) reaches it. The open path is
+    dropped whenever a directory in the tree is removed. Directories the layer implies without an entry
+    of their own are made 0755 root and remembered in ``implied`` (see ``inherit_implied_dirs``).
+    """
+
+    def __init__(self, root_fd: int) -> None:
         self.root_fd = root_fd
-        self.lowers = lowers
-        # The last directory opened: tar entries come grouped by directory, so this saves most of the
-        # component-by-component walks. Dropped whenever anything in the tree is removed.
-        self._cached: tuple[tuple[str, ...], int] | None = None
+        self.implied: set[tuple[str, ...]] = set()
+        self.removed = False  # did any entry replace another (so counting what was made is not usage)?
+        self._names: list[str] = []
+        self._fds: list[int] = []  # _fds[i] is the directory _names[:i + 1]
 
     def forget(self) -> None:
-        if self._cached is not None:
-            os.close(self._cached[1])
-            self._cached = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        self._names.clear()
 
     def open_dir(self, parts: Sequence[str], create: bool = False) -> int:
         """An fd for the directory ``parts`` (the caller closes it); missing ones are made if ``create``."""
-        key = tuple(parts)
-        if self._cached is not None and self._cached[0] == key:
-            return os.dup(self._cached[1])
-        fd = self._walk(parts, create)
-        self.forget()
-        self._cached = (key, os.dup(fd))
-        return fd
-
-    def _walk(self, parts: Sequence[str], create: bool) -> int:
-        fd = os.dup(self.root_fd)
-        try:
-            for i, name in enumerate(parts):
-                try:
-                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    self._mkdir_implied(fd, name, parts[:i + 1])
-                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except OSError as e:
-                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise InvalidArgument(f"layer path {'/'.join(parts[:i + 1])!r} is a symlink or a file "
-                                              "where a directory is needed (it is never followed)") from None
-                    raise
+        names, fds = self._names, self._fds
+        head = parts[:_KEPT_DEPTH]
+        if head != names:
+            same = 0
+            for have, want in zip(names, head, strict=False):
+                if have != want:
+                    break
+                same += 1
+            for fd in fds[same:]:
                 os.close(fd)
-                fd = nfd
+            del fds[same:], names[same:]
+            for i in range(same, len(head)):
+                fds.append(self._child(fds[-1] if fds else self.root_fd, parts, i, create))
+                names.append(parts[i])
+        fd = os.dup(fds[-1] if fds else self.root_fd)
+        try:
+            for i in range(len(head), len(parts)):  # deeper than the kept path: one fd at a time
+                child = self._child(fd, parts, i, create)
+                os.close(fd)
+                fd = child
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _mkdir_implied(self, parent_fd: int, name: str, parts: Sequence[str]) -> None:
-        """A directory the layer implies without an entry of its own: it takes the attributes the lower
-        layers give that directory (else 0755 root), since in overlay the upper copy's attributes win."""
-        os.mkdir(name, 0o700, dir_fd=parent_fd)
-        st = self._lower_stat(parts)
-        mode, uid, gid = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) if st else (0o755, 0, 0)
-        os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
-        os.chmod(name, mode, dir_fd=parent_fd)
-
-    def _lower_stat(self, parts: Sequence[str]) -> os.stat_result | None:
-        for lower in self.lowers:
-            try:
-                root = os.open(lower, _DIR_FLAGS)
-            except OSError:
-                continue
-            try:
-                fd = _Tree(root)._walk(parts, create=False)
-            except (OSError, InvalidArgument):
-                continue
-            finally:
-                os.close(root)
-            try:
-                return os.fstat(fd)
-            finally:
-                os.close(fd)
-        return None
+    def _child(self, parent_fd: int, parts: Sequence[str], i: int, create: bool) -> int:
+        try:
+            return _open_child(parent_fd, parts[i], parts[:i + 1])
+        except FileNotFoundError:
+            if not create:
+                raise
+        os.mkdir(parts[i], 0o700, dir_fd=parent_fd)
+        os.chown(parts[i], 0, 0, dir_fd=parent_fd, follow_symlinks=False)
+        os.chmod(parts[i], 0o755, dir_fd=parent_fd)
+        self.implied.add(tuple(parts[:i + 1]))
+        return _open_child(parent_fd, parts[i], parts[:i + 1])
 
 
 def _remove(dir_fd: int, name: str, keep_dir: bool = False, tree: _Tree | None = None) -> bool:
@@ -357,43 +348,72 @@ def _remove(dir_fd: int, name: str, keep_dir: bool = False, tree: _Tree | None =
     st = _lstat(dir_fd, name)
     if st is None:
         return False
-    if tree is not None and not (keep_dir and stat.S_ISDIR(st.st_mode)):
-        tree.forget()  # the cached directory may be what goes
+    if stat.S_ISDIR(st.st_mode) and keep_dir:
+        return True
+    if tree is not None:
+        tree.removed = True
     if stat.S_ISDIR(st.st_mode):
-        if keep_dir:
-            return True
+        if tree is not None:
+            tree.forget()  # the open path may run through what goes
         shutil.rmtree(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
     return False
 
 
+def _replacing(make: Callable[[], object], dir_fd: int, name: str, tree: _Tree) -> None:
+    """Create an entry with ``make``; if the layer already put one at ``name``, that one goes first."""
+    try:
+        make()
+    except FileExistsError:
+        _remove(dir_fd, name, tree=tree)
+        make()
+
+
 class _Applier:
     """Applies one tar's entries into a ``_Tree`` (see ``apply_layer``)."""
 
-    def __init__(self, tree: _Tree, tar: tarfile.TarFile) -> None:
-        self.tree, self.tar = tree, tar
+    def __init__(self, tree: _Tree, reader: TarReader) -> None:
+        self.tree, self.reader = tree, reader
         self.dir_times: list[tuple[list[str], int]] = []
+        self.blocks: dict[int, int] = {}  # inode -> 512-byte blocks of everything made (see usage)
 
-    def apply(self, member: tarfile.TarInfo) -> None:
-        parts = clean_name(member.name)
+    def _count(self, st: os.stat_result) -> None:
+        self.blocks[st.st_ino] = st.st_blocks
+
+    @property
+    def usage(self) -> tuple[int, int] | None:
+        """(bytes of disk blocks, inodes) of the tree, as ``du`` counts them, from what was made; None if an
+        entry replaced another (then only a walk can tell)."""
+        if self.tree.removed:
+            return None
+        self._count(os.fstat(self.tree.root_fd))
+        return sum(self.blocks.values()) * 512, len(self.blocks)
+
+    def apply(self, entry: TarEntry) -> None:
+        parts = clean_name(entry.name)
         if not parts:
-            if not member.isdir():
-                raise InvalidArgument(f"layer entry {member.name!r} names the root but is not a directory")
+            if entry.type != DIRECTORY:
+                raise InvalidArgument(f"layer entry {entry.name!r} names the root but is not a directory")
             return  # the root's attributes are the snapshot's, as containerd does
         if parts[0].startswith(WHITEOUT_META_PREFIX) and parts != [OPAQUE_MARKER]:
             return  # AUFS metadata (.wh..wh.plnk/, .wh..wh.aufs): not part of the filesystem, as in Docker
-        base = parts[-1]
         pfd = self.tree.open_dir(parts[:-1], create=True)
         try:
-            if base.startswith(WHITEOUT_PREFIX):
-                self._whiteout(pfd, parts, member)
+            if parts[-1].startswith(WHITEOUT_PREFIX):
+                self._whiteout(pfd, parts, entry)
+            elif entry.type == REGULAR:
+                self._regular(pfd, parts[-1], entry)
+            elif entry.type == DIRECTORY:
+                self._directory(pfd, parts, entry)
+            elif entry.type == HARDLINK:
+                self._hardlink(pfd, parts, entry)
             else:
-                self._entry(pfd, parts, member)
+                self._special(pfd, parts[-1], entry)
         finally:
             os.close(pfd)
 
-    def _whiteout(self, pfd: int, parts: list[str], member: tarfile.TarInfo) -> None:
+    def _whiteout(self, pfd: int, parts: list[str], entry: TarEntry) -> None:
         base = parts[-1]
         if base == OPAQUE_MARKER:
             os.setxattr(pfd, OPAQUE_XATTR, b"y")
@@ -402,71 +422,72 @@ class _Applier:
             return  # other metadata: nothing to apply
         name = base[len(WHITEOUT_PREFIX):]
         if name in ("", ".", ".."):
-            raise InvalidArgument(f"invalid whiteout {member.name!r}")
+            raise InvalidArgument(f"invalid whiteout {entry.name!r}")
         if _lstat(pfd, name) is not None:
             return  # whiteouts hide lower layers only; this layer's own entry stays
         os.mknod(name, stat.S_IFCHR, 0, dir_fd=pfd)  # mode 0, as overlay makes its own whiteouts
-        os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+        os.chown(name, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
+        self._count(os.stat(name, dir_fd=pfd, follow_symlinks=False))
 
-    def _entry(self, pfd: int, parts: list[str], member: tarfile.TarInfo) -> None:
-        if member.islnk():
-            self._hardlink(pfd, parts, member)
-            return
-        base = parts[-1]
-        kept_dir = _remove(pfd, base, keep_dir=member.isdir(), tree=self.tree)  # never write through it
-        fd = self._create(pfd, base, member, kept_dir)
+    # Metadata order, for every kind: owner first (chown clears setuid/setgid and file capabilities),
+    # then xattrs, then the mode; mtimes last (directories' at the very end, after their entries).
+
+    def _regular(self, pfd: int, base: str, entry: TarEntry) -> None:
         try:
-            self._metadata(pfd, base, member, fd)
+            fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        except FileExistsError:  # the layer already put something there: it goes first
+            _remove(pfd, base, tree=self.tree)
+            fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        try:
+            if entry.size:
+                self.reader.copy_data(os.write, fd)
+            os.fchown(fd, entry.uid, entry.gid)
+            if entry.xattrs:
+                self._xattrs(fd, entry)
+            os.fchmod(fd, entry.mode & 0o7777)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:
-            if fd is not None:
-                os.close(fd)
-        if member.isdir():
-            self.dir_times.append((parts, _mtime_ns(member)))
-
-    def _create(self, pfd: int, base: str, member: tarfile.TarInfo, kept_dir: bool) -> int | None:
-        """Make the entry (modes are set later, after the owner); returns the fd of a regular file."""
-        if member.isreg():
-            return self._regular(pfd, base, member)
-        if member.isdir():
-            if not kept_dir:
-                os.mkdir(base, 0o700, dir_fd=pfd)
-        elif member.issym():
-            if not member.linkname:
-                raise InvalidArgument(f"symlink {member.name!r} has an empty target")
-            os.symlink(member.linkname, base, dir_fd=pfd)
-        elif member.ischr() or member.isblk():
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=pfd)
-        elif member.isfifo():
-            os.mkfifo(base, 0o600, dir_fd=pfd)
-        else:
-            raise InvalidArgument(f"layer entry {member.name!r} has an unsupported type {member.type!r}")
-        return None
-
-    def _regular(self, pfd: int, base: str, member: tarfile.TarInfo) -> int:
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
-        try:
-            src = self.tar.extractfile(member)
-            left = member.size
-            while left > 0 and src is not None:
-                chunk = src.read(min(left, _CHUNK))
-                if not chunk:
-                    break
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-                left -= len(chunk)
-            if left:
-                raise InvalidArgument(f"layer is truncated: {member.name!r} is missing {left} bytes")
-        except BaseException:
             os.close(fd)
-            raise
-        return fd
+        self._count(os.stat(base, dir_fd=pfd, follow_symlinks=False))  # closed: no speculative preallocation
 
-    def _hardlink(self, pfd: int, parts: list[str], member: tarfile.TarInfo) -> None:
-        target = clean_name(member.linkname)
+    def _directory(self, pfd: int, parts: list[str], entry: TarEntry) -> None:
+        base = parts[-1]
+        try:
+            os.mkdir(base, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            if not _remove(pfd, base, keep_dir=True, tree=self.tree):  # a non-directory: replaced
+                os.mkdir(base, 0o700, dir_fd=pfd)
+        self.tree.implied.discard(tuple(parts))  # it has its own entry now
+        os.chown(base, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
+        if entry.xattrs:
+            self._xattrs(_proc(pfd, base), entry)
+        os.chmod(base, entry.mode & 0o7777, dir_fd=pfd)  # just made or checked here: not a symlink
+        self.dir_times.append((parts, entry.mtime_ns))
+
+    def _special(self, pfd: int, base: str, entry: TarEntry) -> None:
+        """Symlinks, devices and fifos."""
+        if entry.type == SYMLINK:
+            if not entry.linkname:
+                raise InvalidArgument(f"symlink {entry.name!r} has an empty target")
+            _replacing(lambda: os.symlink(entry.linkname, base, dir_fd=pfd), pfd, base, self.tree)
+        elif entry.type == FIFO:
+            _replacing(lambda: os.mkfifo(base, 0o600, dir_fd=pfd), pfd, base, self.tree)
+        else:
+            kind = stat.S_IFCHR if entry.type == CHAR else stat.S_IFBLK
+            device = os.makedev(entry.devmajor, entry.devminor)
+            _replacing(lambda: os.mknod(base, kind | 0o600, device, dir_fd=pfd), pfd, base, self.tree)
+        os.chown(base, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
+        if entry.xattrs:
+            self._xattrs(_proc(pfd, base), entry)
+        if entry.type != SYMLINK:
+            os.chmod(base, entry.mode & 0o7777, dir_fd=pfd)  # just made here: not a symlink
+        os.utime(base, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        self._count(os.stat(base, dir_fd=pfd, follow_symlinks=False))
+
+    def _hardlink(self, pfd: int, parts: list[str], entry: TarEntry) -> None:
+        target = clean_name(entry.linkname)
         if not target or target == parts:
-            raise InvalidArgument(f"hard link {member.name!r} has an invalid target {member.linkname!r}")
+            raise InvalidArgument(f"hard link {entry.name!r} has an invalid target {entry.linkname!r}")
         try:
             tfd = self.tree.open_dir(target[:-1])
         except FileNotFoundError:
@@ -474,40 +495,27 @@ class _Applier:
         try:
             st = _lstat(tfd, target[-1]) if tfd is not None else None
             if st is None or stat.S_ISDIR(st.st_mode):
-                raise InvalidArgument(f"hard link {member.name!r} -> {member.linkname!r}: the target must be a "
+                raise InvalidArgument(f"hard link {entry.name!r} -> {entry.linkname!r}: the target must be a "
                                       "non-directory entry earlier in the same layer")
             _remove(pfd, parts[-1], tree=self.tree)
             try:
                 os.link(target[-1], parts[-1], src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:  # the entry it replaced contained its target
-                raise InvalidArgument(f"hard link {member.name!r}: target {member.linkname!r} vanished") from None
+                raise InvalidArgument(f"hard link {entry.name!r}: target {entry.linkname!r} vanished") from None
         finally:
             if tfd is not None:
                 os.close(tfd)
 
-    def _metadata(self, pfd: int, base: str, member: tarfile.TarInfo, fd: int | None) -> None:
-        # Owner first (chown clears setuid/setgid and file capabilities), then xattrs, then the mode.
-        os.chown(base, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
-        self._xattrs(pfd, base, member)
-        if not member.issym():
-            if fd is not None:
-                os.fchmod(fd, member.mode & 0o7777)
-            else:
-                os.chmod(base, member.mode & 0o7777, dir_fd=pfd)  # just made here: not a symlink
-        if not member.isdir():
-            ns = _mtime_ns(member)
-            os.utime(base, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
-
-    def _xattrs(self, pfd: int, base: str, member: tarfile.TarInfo) -> None:
-        for key, value in member.pax_headers.items():
-            if not key.startswith(_PAX_XATTR):
-                continue
-            name = key[len(_PAX_XATTR):]
+    @staticmethod
+    def _xattrs(target: int | str, entry: TarEntry) -> None:
+        for name, value in entry.xattrs.items():
             if name.startswith(_OVERLAY_XATTRS):
                 continue
             try:
-                os.setxattr(_proc(pfd, base), name, value.encode("utf-8", "surrogateescape"),
-                            follow_symlinks=False)
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
             except OSError as e:
                 # user.* is not allowed on symlinks and devices; some filesystems lack xattrs: skip,
                 # as containerd does. Anything else is a real failure.
@@ -515,7 +523,7 @@ class _Applier:
                     raise
 
     def finish(self) -> None:
-        """Directory mtimes last: creating their entries changed them."""
+        """Directory mtimes last: creating their entries changed them. Directories are counted now, full."""
         for parts, ns in self.dir_times:
             try:
                 fd = self.tree.open_dir(parts)
@@ -523,12 +531,18 @@ class _Applier:
                 continue  # replaced by a later entry
             try:
                 os.utime(fd, ns=(ns, ns))
+                self._count(os.fstat(fd))
             finally:
                 os.close(fd)
-
-
-def _mtime_ns(member: tarfile.TarInfo) -> int:
-    return int(member.mtime * 1_000_000_000)
+        for parts in sorted(self.tree.implied):
+            try:
+                fd = self.tree.open_dir(list(parts))
+            except (FileNotFoundError, InvalidArgument):
+                continue
+            try:
+                self._count(os.fstat(fd))
+            finally:
+                os.close(fd)
 
 
 def _prepare_target(target_dir: str) -> int:
@@ -541,34 +555,131 @@ def _prepare_target(target_dir: str) -> int:
     return os.open(target_dir, _DIR_FLAGS)
 
 
-def _apply_stream(source: BinaryIO, root_fd: int, media_type: str | None, lowers: Sequence[str]) -> str:
-    decompressed = _decompressed(source, media_type)
-    try:
-        return _apply_tar(_TarStream(decompressed), root_fd, lowers)
-    finally:
-        if isinstance(decompressed, _Gunzip):
-            decompressed.close()
+@dataclass(frozen=True)
+class AppliedLayer:
+    """What ``extract_layer`` did: the layer's diff_id, and the directories it implied without entries of
+    their own (made 0755 root; ``inherit_implied_dirs`` gives them the lower layers' attributes)."""
+
+    diff_id: str
+    implied_dirs: frozenset[tuple[str, ...]]
+    usage: tuple[int, int] | None = None  # (bytes of disk blocks, inodes) when known without a walk
 
 
-def _apply_tar(stream: _TarStream, root_fd: int, lowers: Sequence[str]) -> str:
+def _extract(chunks: Iterator[bytes], root_fd: int) -> AppliedLayer:
+    inflow = _Inflow(chunks)
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115 - with below
-    except tarfile.TarError as e:
-        raise InvalidArgument(f"layer is not a tar archive: {e}") from None
-    with tar:
-        tree = _Tree(root_fd, lowers)
-        applier = _Applier(tree, tar)
+        reader = TarReader(iter(inflow))
+        tree = _Tree(root_fd)
         try:
-            try:
-                while (member := tar.next()) is not None:
-                    tar.members.clear()  # stream mode remembers every member otherwise
-                    applier.apply(member)
-            except tarfile.TarError as e:
-                raise InvalidArgument(f"layer tar is corrupt or truncated: {e}") from None
+            applier = _Applier(tree, reader)
+            for entry in reader:
+                applier.apply(entry)
             applier.finish()
+            usage = applier.usage
         finally:
             tree.forget()
-        return stream.finish(tar.offset)
+        reader.drain()  # the padding after the end-of-archive block is part of the diff_id
+        return AppliedLayer(inflow.diff_id, frozenset(tree.implied), usage)
+    finally:
+        inflow.close()
+
+
+def _guarded(target: str, work: Callable[[], AppliedLayer]) -> AppliedLayer:
+    """Run ``work``; on any failure remove ``target`` and re-raise (OSError as SystemFailure)."""
+    try:
+        return work()
+    except BaseException as e:
+        shutil.rmtree(target, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise SystemFailure(f"applying layer into {target}: {e}") from e
+        raise
+
+
+def extract_layer(source: str | os.PathLike[str] | BinaryIO | Iterable[bytes], target_dir: str | os.PathLike[str],
+                  media_type: str | None = None) -> AppliedLayer:
+    """Extract a layer into ``target_dir`` (missing or empty) without looking at the layers below: the
+    first half of ``apply_layer``, which may run for several layers of one image at once. ``source`` is a
+    path, a binary stream, or an iterable of the layer's bytes (a download as it arrives)."""
+    target = os.fspath(target_dir)
+    root_fd = _prepare_target(target)
+    try:
+        def work() -> AppliedLayer:
+            if isinstance(source, (str, os.PathLike)):
+                with open(source, "rb") as f:
+                    return _extract(_uncompressed_chunks(f, media_type), root_fd)
+            if hasattr(source, "read"):
+                return _extract(_uncompressed_chunks(source, media_type), root_fd)  # type: ignore[arg-type]
+            return _extract(_uncompressed_chunks(_IterStream(source), media_type), root_fd)  # type: ignore[arg-type]
+
+        return _guarded(target, work)
+    finally:
+        os.close(root_fd)
+
+
+class _IterStream:
+    """An iterable of byte chunks read as a stream."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._rest = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._rest:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self._rest = bytes(chunk)
+        if n < 0 or n >= len(self._rest):
+            data, self._rest = self._rest, b""
+            return data
+        data, self._rest = self._rest[:n], self._rest[n:]
+        return data
+
+
+def _lower_stat(roots: Sequence[int], parts: Sequence[str]) -> os.stat_result | None:
+    for root in roots:
+        try:
+            fd = _open_path(root, parts)
+        except (OSError, InvalidArgument):
+            continue
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+    return None
+
+
+def inherit_implied_dirs(target_dir: str | os.PathLike[str], implied: Iterable[Sequence[str]],
+                         lowers: Sequence[str]) -> None:
+    """Give each directory a layer implied without an entry the attributes the lower layers (top first)
+    give it, since in overlay the upper copy's attributes win; one they lack stays 0755 root."""
+    implied = sorted(implied)
+    if not implied or not lowers:
+        return
+    roots: list[int] = []
+    root = os.open(os.fspath(target_dir), _DIR_FLAGS)
+    try:
+        for lower in lowers:
+            try:
+                roots.append(os.open(lower, _DIR_FLAGS))
+            except OSError:
+                continue
+        for parts in implied:
+            st = _lower_stat(roots, parts)
+            if st is None:
+                continue
+            try:
+                fd = _open_path(root, parts)
+            except (OSError, InvalidArgument):
+                continue  # a later entry of the layer replaced it
+            try:
+                os.fchown(fd, st.st_uid, st.st_gid)
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            finally:
+                os.close(fd)
+    finally:
+        for fd in (root, *roots):
+            os.close(fd)
 
 
 def apply_layer(source: str | os.PathLike[str] | BinaryIO, target_dir: str | os.PathLike[str],
@@ -583,19 +694,13 @@ def apply_layer(source: str | os.PathLike[str] | BinaryIO, target_dir: str | os.
     ``zstandard`` module, ``SystemFailure`` when the filesystem refuses.
     """
     target = os.fspath(target_dir)
-    root_fd = _prepare_target(target)
-    try:
-        if isinstance(source, (str, os.PathLike)):
-            with open(source, "rb") as f:
-                return _apply_stream(f, root_fd, media_type, lowers)
-        return _apply_stream(source, root_fd, media_type, lowers)
-    except BaseException as e:
-        shutil.rmtree(target, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise SystemFailure(f"applying layer into {target}: {e}") from e
-        raise
-    finally:
-        os.close(root_fd)
+    applied = extract_layer(source, target, media_type)
+
+    def inherit() -> AppliedLayer:
+        inherit_implied_dirs(target, applied.implied_dirs, lowers)
+        return applied
+
+    return _guarded(target, inherit).diff_id
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,12 +29,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from skiff.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, SystemFailure
 from skiff.image.content import ContentStore, DigestMismatch
-from skiff.image.layer import apply_layer
+from skiff.image.layer import AppliedLayer, extract_layer, inherit_implied_dirs
 
 ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
 # Labels Skiff itself sets or honours.
@@ -57,6 +58,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);
 """
 _COLUMNS = "id, key, kind, parent, labels, created, updated, size, inodes"
+# Layers of one image extracted at once. Extraction is mostly zlib, sha256 and file writes, which release
+# the GIL, so threads overlap well; a few more than the cores keep them busy while one waits.
+_UNPACK_WORKERS = min(8, (os.cpu_count() or 1) + 1)
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class OverlaySnapshotter:
         self.snapshots_dir = os.path.join(self.root, "snapshots")
         os.makedirs(self.snapshots_dir, exist_ok=True)
         self._lock = threading.RLock()
+        self._chain_locks: dict[str, list] = {}  # chain ID -> [lock, users] (see _unpack_locks)
         self._db = sqlite3.connect(os.path.join(self.root, "metadata.db"), isolation_level=None,
                                    check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -187,13 +192,18 @@ class OverlaySnapshotter:
 
     def prepare(self, key: str, parent: str | None = None, labels: dict[str, str] | None = None) -> list[Mount]:
         """A new active (writable) snapshot over ``parent`` (a committed snapshot, or None)."""
-        return self._create(ACTIVE, key, parent, labels)
+        self._create(ACTIVE, key, parent, labels)
+        return self.mounts(key)
 
     def view(self, key: str, parent: str | None = None, labels: dict[str, str] | None = None) -> list[Mount]:
         """A new read-only snapshot of ``parent``."""
-        return self._create(VIEW, key, parent, labels)
+        self._create(VIEW, key, parent, labels)
+        return self.mounts(key)
 
-    def _create(self, kind: str, key: str, parent: str | None, labels: dict[str, str] | None) -> list[Mount]:
+    def _create(self, kind: str, key: str, parent: str | None, labels: dict[str, str] | None,
+                parent_pending: bool = False) -> None:
+        """``parent_pending``: the parent is a layer still being unpacked by ``unpack`` (which commits it,
+        and copies the root's owner, before committing this one)."""
         if not isinstance(key, str) or not key:
             raise InvalidArgument("a snapshot key must be a non-empty string")
         with self._tx() as db:
@@ -201,11 +211,11 @@ class OverlaySnapshotter:
             # never mistakes one being built by another process for debris.
             if db.execute("SELECT 1 FROM snapshots WHERE key = ?", (key,)).fetchone():
                 raise AlreadyExists(f"snapshot {key!r} already exists")
-            if parent:
+            if parent and not parent_pending:
                 self._check_parent(parent)
             temp = tempfile.mkdtemp(prefix="new-", dir=self.snapshots_dir)
             try:
-                self._make_dirs(temp, kind, parent)
+                self._make_dirs(temp, kind, None if parent_pending else parent)
                 now = time.time()
                 cur = db.execute("INSERT INTO snapshots (key, kind, parent, labels, created, updated)"
                                  " VALUES (?, ?, ?, ?, ?, ?)",
@@ -217,7 +227,6 @@ class OverlaySnapshotter:
             except BaseException:
                 shutil.rmtree(temp, ignore_errors=True)
                 raise
-        return self.mounts(key)
 
     def _make_dirs(self, path: str, kind: str, parent: str | None) -> None:
         fs = os.path.join(path, "fs")
@@ -225,10 +234,13 @@ class OverlaySnapshotter:
         if kind == ACTIVE:
             os.mkdir(os.path.join(path, "work"), 0o711)
         if parent:
-            # In overlay the upper dir's root attributes win: keep / as the image's layers made it.
-            st = os.stat(self._fs(self._row(parent)[0]))
-            os.chown(fs, st.st_uid, st.st_gid)
-            os.chmod(fs, st.st_mode & 0o7777)
+            self._inherit_root(fs, parent)
+
+    def _inherit_root(self, fs: str, parent: str) -> None:
+        """In overlay the upper dir's root attributes win: keep / as the image's layers made it."""
+        st = os.stat(self._fs(self._row(parent)[0]))
+        os.chown(fs, st.st_uid, st.st_gid)
+        os.chmod(fs, st.st_mode & 0o7777)
 
     def _check_parent(self, parent: str) -> None:
         row = self._row(parent)
@@ -239,7 +251,9 @@ class OverlaySnapshotter:
         """Turn the active snapshot ``key`` into the committed snapshot ``name`` (unmount it first)."""
         if not isinstance(name, str) or not name:
             raise InvalidArgument("a snapshot name must be a non-empty string")
-        usage = disk_usage(self._fs(self._row(key)[0]))  # outside the lock: it walks the whole tree
+        self._commit(name, key, labels, disk_usage(self._fs(self._row(key)[0])))  # walked outside the lock
+
+    def _commit(self, name: str, key: str, labels: dict[str, str] | None, usage: Usage) -> None:
         with self._tx() as db:
             row = self._row(key)
             if row[2] != ACTIVE:
@@ -324,18 +338,24 @@ class OverlaySnapshotter:
         """Apply the image's layers, each once, into committed snapshots named by chain ID; returns the
         top chain ID (None for an image without layers), the parent for a container's ``prepare``.
 
-        A layer already unpacked (by this or any image sharing it) is skipped. Each applied layer's
-        diff_id is checked against the image config before it is committed, so a snapshot named by a
-        chain ID always holds exactly that chain."""
+        A layer already unpacked (by this or any image sharing it) is skipped. The missing layers are
+        extracted side by side, each into its own active snapshot (a layer's entries do not depend on
+        the layers below), then committed bottom up: each one's diff_id is checked against the image
+        config, and the directories it implied take their attributes from the committed layers below,
+        before it is committed, so a snapshot named by a chain ID always holds exactly that chain. If one
+        fails, none above it is committed and every uncommitted one is removed."""
         layers, diff_ids = image.layers, image.diff_ids
         if len(layers) != len(diff_ids):
             raise InvalidArgument(f"image has {len(layers)} layers but its config lists {len(diff_ids)} diff_ids")
-        parent: str | None = None
-        for desc, diff_id, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
-            if not self._committed(chain):
-                self._unpack_layer(desc, diff_id, chain, parent, content)
-            parent = chain
-        return parent
+        chains = chain_ids(diff_ids)
+        if not chains:
+            return None
+        with self._unpack_locks(chains):
+            missing = [i for i, chain in enumerate(chains) if not self._committed(chain)]
+            if missing:
+                self._unpack_layers([_LayerJob(layers[i], diff_ids[i], chains[i], chains[i - 1] if i else None)
+                                     for i in missing], content)
+        return chains[-1]
 
     def _committed(self, key: str) -> bool:
         try:
@@ -343,21 +363,113 @@ class OverlaySnapshotter:
         except NotFound:
             return False
 
-    def _unpack_layer(self, desc: dict, diff_id: str, chain: str, parent: str | None, content: ContentStore) -> None:
-        key = f"unpack-{uuid.uuid4().hex}-{chain}"
-        self.prepare(key, parent, labels={LABEL_UNPACKING: str(os.getpid())})
+    @contextlib.contextmanager
+    def _unpack_locks(self, chains: Sequence[str]) -> Iterator[None]:
+        """Unpacks in this process that share a layer take turns (the later one finds it committed), so no
+        work is done twice; locks are taken in one global order, so overlapping unpacks cannot deadlock."""
+        with self._lock:
+            locks = []
+            for chain in sorted(set(chains)):
+                entry = self._chain_locks.setdefault(chain, [threading.Lock(), 0])
+                entry[1] += 1
+                locks.append((chain, entry))
         try:
-            with content.open(desc["digest"]) as blob:
-                got = apply_layer(blob, self.upper_dir(key), desc.get("mediaType"), lowers=self.lower_dirs(key))
-            if got != diff_id:
-                raise DigestMismatch(f"layer {desc['digest']} unpacks to diff_id {got}, "
-                                     f"but the image config says {diff_id}")
-            self.commit(chain, key, labels={LABEL_DIFF_ID: diff_id})
+            with contextlib.ExitStack() as stack:
+                for _chain, entry in locks:
+                    stack.enter_context(entry[0])
+                yield
+        finally:
+            with self._lock:
+                for chain, entry in locks:
+                    entry[1] -= 1
+                    if not entry[1]:
+                        del self._chain_locks[chain]
+
+    def _unpack_layers(self, jobs: list[_LayerJob], content: ContentStore) -> None:
+        failed = threading.Event()  # stops the other extractions early once one layer has failed
+        try:
+            for job in jobs:  # bottom up, so snapshot ids follow the chain
+                job.key = f"unpack-{uuid.uuid4().hex}-{job.chain}"
+                self._create(ACTIVE, job.key, job.parent, {LABEL_UNPACKING: str(os.getpid())},
+                             parent_pending=job.parent is not None and not self._committed(job.parent))
+            with ThreadPoolExecutor(min(len(jobs), _UNPACK_WORKERS), thread_name_prefix="unpack") as pool:
+                # The largest first: the longest extraction should not be the one that starts last.
+                for job in sorted(jobs, key=lambda j: -j.size):
+                    job.extracted = pool.submit(self._extract, job, content, failed)
+                try:
+                    for job in jobs:
+                        self._commit_layer(job, job.extracted.result())  # type: ignore[union-attr]
+                except BaseException:
+                    failed.set()
+                    for job in jobs:
+                        job.extracted.cancel()  # type: ignore[union-attr]
+                    raise  # (leaving the with block waits for the extractions that already run)
+        except BaseException:
+            for job in reversed(jobs):
+                if job.key is not None:
+                    with contextlib.suppress(NotFound):
+                        self.remove(job.key)
+            raise
+
+    def _extract(self, job: _LayerJob, content: ContentStore, failed: threading.Event) -> tuple[AppliedLayer, Usage]:
+        upper = self.upper_dir(job.key)  # type: ignore[arg-type]
+        with content.open(job.desc["digest"]) as blob:
+            applied = extract_layer(_Abortable(blob, failed), upper, job.desc.get("mediaType"))
+        # Counted while extracting, unless entries replaced others; walked here, in parallel, if not.
+        return applied, Usage(*applied.usage) if applied.usage else disk_usage(upper)
+
+    def _commit_layer(self, job: _LayerJob, extracted: tuple[AppliedLayer, Usage]) -> None:
+        """Commit one extracted layer, its parent (if any) committed by now."""
+        applied, usage = extracted
+        if applied.diff_id != job.diff_id:
+            raise DigestMismatch(f"layer {job.desc['digest']} unpacks to diff_id {applied.diff_id}, "
+                                 f"but the image config says {job.diff_id}")
+        key = job.key
+        assert key is not None
+        upper = self.upper_dir(key)
+        if job.parent is not None:
+            inherit_implied_dirs(upper, applied.implied_dirs, self.lower_dirs(key))
+            # The root's owner, as prepare() gives it; its mode stays the 0755 every applied layer has.
+            parent_root = os.stat(self._fs(self._row(job.parent)[0]))
+            os.chown(upper, parent_root.st_uid, parent_root.st_gid)
+        try:
+            self._commit(job.chain, key, {LABEL_DIFF_ID: job.diff_id}, usage)
         except AlreadyExists:
             self.remove(key)  # another unpack committed this chain first: use theirs
-        except BaseException:
-            self.remove(key)
-            raise
+        job.key = None
+
+
+class _Aborted(Exception):
+    """An extraction stopped because another layer of its unpack failed (never seen outside)."""
+
+
+class _Abortable:
+    """A blob read for an extraction, which fails as soon as ``aborted`` is set."""
+
+    def __init__(self, blob: BinaryIO, aborted: threading.Event) -> None:
+        self.blob, self.aborted = blob, aborted
+
+    def read(self, n: int = -1) -> bytes:
+        if self.aborted.is_set():
+            raise _Aborted("another layer of this unpack failed")
+        return self.blob.read(n)
+
+
+@dataclass
+class _LayerJob:
+    """One layer ``unpack`` applies: what it is, where it goes, and how far it got."""
+
+    desc: dict
+    diff_id: str
+    chain: str
+    parent: str | None
+    key: str | None = None                # the active snapshot, until committed (or removed)
+    extracted: Future | None = None
+
+    @property
+    def size(self) -> int:
+        size = self.desc.get("size")
+        return size if isinstance(size, int) else 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,12 +19,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skiff.errors import InvalidArgument, Unsupported
 from skiff.image import manifest as mf
-from skiff.image.layer import EMPTY_LAYER_DIFF_ID, OPAQUE_XATTR, apply_layer, clean_name, make_layer
+from skiff.image._tarreader import TarReader
+from skiff.image.layer import (
+    EMPTY_LAYER_DIFF_ID,
+    OPAQUE_XATTR,
+    apply_layer,
+    clean_name,
+    extract_layer,
+    inherit_implied_dirs,
+    make_layer,
+)
 from skiff.image.snapshot import Mount, mount, unmount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers need root (mknod, chown, trusted xattrs, mounts)")
@@ -463,3 +472,307 @@ def test_applying_layers_leaks_no_file_descriptors_or_threads(tmp_path: Path) ->
             apply_layer(io.BytesIO(bad), tmp_path / f"bad{i}", mf.OCI_LAYER_GZIP)
     assert set(os.listdir("/proc/self/fd")) == before_fds
     assert threading.active_count() == before_threads
+
+
+# ---- the tar reader: what tarfile writes, it reads the same ----------------------------------------
+
+_NAMES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FF, blacklist_characters="/\x7f"),
+                 min_size=1, max_size=12)
+
+
+@st.composite
+def _members(draw: st.DrawFn) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    members = []
+    for i in range(draw(st.integers(1, 6))):
+        depth = draw(st.integers(0, 12))  # deep paths make names past ustar's 100 (+155) bytes
+        name = "/".join([*(draw(_NAMES) for _ in range(depth)), f"{draw(_NAMES)}-{i}"])
+        info = tarfile.TarInfo(name)
+        info.type = draw(st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+                                          tarfile.CHRTYPE, tarfile.FIFOTYPE]))
+        info.mode = draw(st.integers(0, 0o7777))
+        info.uid, info.gid = draw(st.integers(0, 1 << 24)), draw(st.integers(0, 1 << 24))
+        info.mtime = draw(st.integers(0, 1 << 34))
+        data = None
+        if info.type == tarfile.REGTYPE:
+            data = draw(st.binary(max_size=3000))
+            info.size = len(data)
+        elif info.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+            info.linkname = "/".join(draw(_NAMES) for _ in range(draw(st.integers(1, 15))))
+        elif info.type == tarfile.CHRTYPE:
+            info.devmajor, info.devminor = draw(st.integers(0, 4095)), draw(st.integers(0, 1 << 20))
+        members.append((info, data))
+    return members
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]], fmt: int) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+def _read_all(data: bytes, chunk: int = 1000) -> list[tuple]:
+    reader = TarReader(iter([data[i:i + chunk] for i in range(0, len(data), chunk)]))
+    found = []
+    for entry in reader:
+        out = io.BytesIO()
+        if entry.size:
+            reader.copy_data(lambda _fd, view, out=out: out.write(view), -1)
+        name = entry.name.rstrip("/") if entry.type == "5" else entry.name  # tarfile drops a directory's slash
+        found.append((name, entry.type, entry.mode & 0o7777, entry.uid, entry.gid, entry.mtime_ns // 10**9,
+                      entry.linkname, (entry.devmajor, entry.devminor), out.getvalue()))
+    reader.drain()
+    return found
+
+
+def _as_tarfile_reads(data: bytes) -> list[tuple]:
+    found = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar:
+            f = tar.extractfile(m) if m.isreg() else None
+            kind = "0" if m.isreg() else m.type.decode()
+            device = (m.devmajor, m.devminor) if m.ischr() or m.isblk() else (0, 0)
+            found.append((m.name, kind, m.mode, m.uid, m.gid, int(m.mtime), m.linkname, device,
+                          f.read() if f is not None else b""))
+    return found
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT],
+                         ids=["ustar", "gnu", "pax"])
+@settings(deadline=None)
+@given(members=_members(), chunk=st.sampled_from([1, 511, 512, 1000, 1 << 16]))
+def test_the_reader_reads_what_tarfile_writes(fmt: int, members: list, chunk: int) -> None:
+    try:
+        data = _tar(members, fmt)
+    except ValueError:
+        return  # ustar cannot hold this name, link or number
+    assert _read_all(data, chunk) == _as_tarfile_reads(data)
+
+
+def _header(name: bytes, kind: bytes = b"0", size: int = 0, checksum_delta: int = 0) -> bytes:
+    block = bytearray(512)
+    block[0:len(name)] = name
+    block[100:108], block[108:116], block[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
+    block[124:136], block[136:148] = b"%011o\0" % size, b"%011o\0" % MTIME
+    block[156:157], block[257:265] = kind, b"ustar\x0000"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % (sum(block) + checksum_delta)
+    return bytes(block)
+
+
+def _pax(records: dict[str, bytes], global_: bool = False) -> bytes:
+    body = b""
+    for key, value in records.items():
+        record = b" " + key.encode() + b"=" + value + b"\n"
+        length = len(record) + 1
+        length = len(record) + len(str(length + len(str(length)) - 1))
+        body += str(length).encode() + record
+    return _header(b"pax", b"g" if global_ else b"x", len(body)) + body + bytes(-len(body) % 512)
+
+
+def test_the_reader_takes_pax_records_exact_times_and_binary_xattrs_and_ignores_globals() -> None:
+    data = (_pax({"uid": b"4000000000", "path": b"global"}, global_=True)  # ignored, as Docker does
+            + _pax({"path": b"a/" + b"x" * 300, "SCHILY.xattr.user.k": b"\xff\x00\x01", "gid": b"4000000001",
+                    "mtime": b"1600000000.123456789"})
+            + _header(b"short") + _header(b"b") + bytes(1024))
+    first, second = list(TarReader(iter([data])))
+    assert (first.name, first.uid, first.gid, first.mtime_ns, first.xattrs) == (
+        "a/" + "x" * 300, 0, 4000000001, 1600000000_123456789, {"user.k": b"\xff\x00\x01"})
+    assert (second.name, second.uid, second.gid, second.mtime_ns, second.xattrs) == ("b", 0, 0, MTIME * 10**9, {})
+
+
+def test_the_reader_treats_a_v7_regular_file_with_a_slash_as_a_directory() -> None:
+    (entry,) = TarReader(iter([_header(b"dir/", b"\0") + bytes(1024)]))
+    assert (entry.name, entry.type) == ("dir/", "5")
+
+
+BAD_TARS = {
+    "bad-checksum": lambda: _header(b"a", checksum_delta=1) + bytes(1024),
+    "checksum-not-a-number": lambda: _header(b"a")[:148] + b"zzzzzzz\0" + _header(b"a")[156:] + bytes(1024),
+    "size-not-a-number": lambda: _header(b"a")[:124] + b"zz" + _header(b"a")[126:] + bytes(1024),
+    "sparse": lambda: _header(b"a", b"S") + bytes(1024),
+    "pax-sparse": lambda: _pax({"GNU.sparse.major": b"1"}) + _header(b"a") + bytes(1024),
+    "unknown-type": lambda: _header(b"a", b"Z") + bytes(1024),
+    "pax-too-big": lambda: _header(b"pax", b"x", 2 << 20) + bytes(2 << 20) + bytes(1024),
+    "pax-bad-record": lambda: _header(b"pax", b"x", 512) + b"99 path=x\n".ljust(512, b"\0") + bytes(1024),
+    "pax-junk-after-a-record": lambda: _header(b"pax", b"x", 512) + b"9 path=x\nxxxxxxxx".ljust(512, b"x")
+    + _header(b"a") + bytes(1024),
+    "pax-record-shorter-than-its-length": lambda: _header(b"pax", b"x", 512) + b"3 path=x\n".ljust(512, b"\0")
+    + _header(b"a") + bytes(1024),
+    "pax-nul-in-path": lambda: _pax({"path": b"a\0b"}) + _header(b"a") + bytes(1024),
+    "pax-uid-out-of-range": lambda: _pax({"uid": b"99999999999"}) + _header(b"a") + bytes(1024),
+    "pax-bad-time": lambda: _pax({"mtime": b"12x"}) + _header(b"a") + bytes(1024),
+    "pax-global-bad-record": lambda: _header(b"pax", b"g", 512) + b"99 x=y\n".ljust(512, b"\0") + bytes(1024),
+    "pax-without-member": lambda: _pax({"path": b"a"}) + bytes(1024),
+    "truncated-in-pax": lambda: _pax({"path": b"x" * 600})[:700],
+    "no-end-block": lambda: _header(b"a"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TARS))
+def test_the_reader_refuses_bad_headers(name: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        list(TarReader(iter([BAD_TARS[name]()])))
+    with pytest.raises(InvalidArgument):
+        apply_layer(io.BytesIO(BAD_TARS[name]()), tmp_path / "layer")
+    assert not (tmp_path / "layer").exists()
+
+
+# ---- applying: replacing entries, the open-directory cache, streams of chunks ---------------------
+
+def test_later_entries_replace_earlier_ones_of_the_same_layer(tmp_path: Path) -> None:
+    data = (TarBuilder().dir("d").file("d/f", b"old").dir("a/b/c").file("a/b/c/1", b"1").file("x/y", b"y")
+            .file("a/b/c/2", b"2")         # back into a directory whose fds were closed meanwhile
+            .file("d", b"now a file")      # a directory (on the open path) replaced by a file
+            .dir("d").file("d/g", b"g")    # and by a directory again
+            .symlink("s", "d").file("s", b"file over symlink").dir("t").symlink("t", "d")
+            .file("h", b"h").hardlink("h2", "h").file("h2", b"replaced link")
+            .bytes())
+    apply_layer(io.BytesIO(data), tmp_path / "layer")
+    files = {k: v[4] for k, v in tree(tmp_path / "layer").items() if v[0] != stat.S_IFDIR}
+    assert files == {"a/b/c/1": b"1", "a/b/c/2": b"2", "x/y": b"y", "d/g": b"g", "s": b"file over symlink",
+                     "t": "d", "h": b"h", "h2": b"replaced link"}
+    assert os.stat(tmp_path / "layer/h").st_nlink == 1
+
+
+def test_a_file_over_a_directory_on_the_open_path_cannot_be_written_through(tmp_path: Path) -> None:
+    data = TarBuilder().dir("d").file("d/f", b"x").file("d", b"file").file("d/g", b"x").bytes()
+    _, error = _attack(tmp_path, data)
+    assert error is not None and "where a directory is needed" in str(error)
+
+
+def test_extract_then_inherit_equals_apply_with_lowers(tmp_path: Path) -> None:
+    base = TarBuilder().dir("var", mode=0o750, uid=1, gid=2).dir("var/lib", mode=0o700, uid=5, gid=6).bytes()
+    top = TarBuilder().file("var/lib/app/conf", b"c").dir("var", mode=0o755).file("new/dir/f", b"f").bytes()
+    apply_layer(io.BytesIO(base), tmp_path / "base")
+    apply_layer(io.BytesIO(top), tmp_path / "together", lowers=[str(tmp_path / "base")])
+    applied = extract_layer(io.BytesIO(top), tmp_path / "apart")  # without the lowers: as in a parallel unpack
+    assert applied.implied_dirs == {("var", "lib"), ("var", "lib", "app"), ("new",), ("new", "dir")}
+    assert stat.S_IMODE(os.stat(tmp_path / "apart/var/lib").st_mode) == 0o755  # until it inherits
+    inherit_implied_dirs(tmp_path / "apart", applied.implied_dirs, [str(tmp_path / "base")])
+    assert tree(tmp_path / "apart", mtimes=True) == tree(tmp_path / "together", mtimes=True)
+    t = tree(tmp_path / "apart")
+    assert t["var"][1:4] == (0o755, 0, 0)          # its own entry wins over the lower's
+    assert t["var/lib"][1:4] == (0o700, 5, 6)      # implied: the lower's attributes
+    assert t["var/lib/app"][1:4] == t["new/dir"][1:4] == (0o755, 0, 0)  # in no lower: 0755 root
+
+
+def test_a_layer_can_arrive_as_chunks(tmp_path: Path) -> None:
+    plain = every_entry_type()
+    data = gzip.compress(plain)
+    chunks = [data[i:i + 777] for i in range(0, len(data), 777)]
+    assert extract_layer(chunks, tmp_path / "streamed").diff_id == sha256(plain)
+    apply_layer(io.BytesIO(data), tmp_path / "whole")
+    assert tree(tmp_path / "streamed", mtimes=True) == tree(tmp_path / "whole", mtimes=True)
+    with pytest.raises(InvalidArgument):
+        extract_layer(chunks[:len(chunks) // 2], tmp_path / "cut")
+    assert not (tmp_path / "cut").exists()
+
+
+# ---- unpacking an image's layers side by side ------------------------------------------------------
+
+def _image(tmp_path: Path, layers: list[bytes], diff_ids: list[str] | None = None):
+    """A content store holding gzip layers and an image (layers, diff_ids) that names them."""
+    from types import SimpleNamespace
+
+    from skiff.image.content import ContentStore
+
+    content = ContentStore(str(tmp_path / "content"))
+    blobs = [gzip.compress(data) for data in layers]
+    descs = [mf.descriptor(mf.OCI_LAYER_GZIP, content.put(b), len(b)) for b in blobs]
+    return content, SimpleNamespace(layers=descs, diff_ids=diff_ids or [sha256(d) for d in layers])
+
+
+def test_layers_unpacked_side_by_side_stack_as_when_applied_in_turn(tmp_path: Path, mounts: Mounts) -> None:
+    from skiff.image.snapshot import OverlaySnapshotter, chain_ids
+
+    base = (TarBuilder().dir("var", mode=0o750, uid=1, gid=2).dir("var/lib", mode=0o700, uid=5, gid=6)
+            .file("var/lib/old", b"old").file("etc/motd", b"hi").file("big", os.urandom(1 << 20)).bytes())
+    middle = TarBuilder().file("var/lib/app/conf", b"c").whiteout("etc/motd").file("big", b"small").bytes()
+    top = TarBuilder().opaque("var/lib").file("var/lib/only", b"only").bytes()
+    content, image = _image(tmp_path, [base, middle, top])
+    snapshots = OverlaySnapshotter(tmp_path / "snapshots")
+    try:
+        chains = chain_ids(image.diff_ids)
+        assert snapshots.unpack(image, content) == chains[-1]
+        assert [(i.name, i.parent) for i in snapshots.list()] == [(chains[0], None), (chains[1], chains[0]),
+                                                                  (chains[2], chains[1])]
+        middle_dir = Path(snapshots.upper_dir(chains[1]))
+        assert os.stat(middle_dir / "var/lib").st_mode & 0o7777 == 0o700  # implied: took the base's attributes
+        assert (os.stat(middle_dir / "var/lib").st_uid, os.stat(middle_dir / "var").st_gid) == (5, 2)
+        view = mounts.mount(snapshots.view("v", chains[-1]), tmp_path / "view")
+        files = {k: v[4] for k, v in tree(view).items() if v[0] != stat.S_IFDIR}
+        assert files == {"var/lib/only": b"only", "big": b"small"}
+    finally:
+        snapshots.close()
+
+
+@pytest.mark.parametrize("bad", [0, 1, 2])
+def test_a_failed_layer_stops_the_unpack_and_leaves_no_partial_snapshot(tmp_path: Path, bad: int) -> None:
+    from skiff.image.snapshot import OverlaySnapshotter, chain_ids
+
+    layers = [TarBuilder().file(f"f{i}", os.urandom(1 << 20)).file(f"d{i}/g", b"g").bytes() for i in range(3)]
+    diff_ids = [sha256(d) for d in layers]
+    diff_ids[bad] = sha256(b"lies")  # the layer's bytes match its digest, but not the config's diff_id
+    content, image = _image(tmp_path, layers, diff_ids)
+    snapshots = OverlaySnapshotter(tmp_path / "snapshots")
+    try:
+        with pytest.raises(InvalidArgument, match="diff_id"):
+            snapshots.unpack(image, content)
+        good = chain_ids(diff_ids)[:bad]
+        assert [i.name for i in snapshots.list()] == good  # the layers below stay, usable
+        assert len(os.listdir(snapshots.snapshots_dir)) == len(good)  # no directory of the others is left
+    finally:
+        snapshots.close()
+
+
+def test_the_usage_counted_while_extracting_is_what_a_walk_finds(tmp_path: Path) -> None:
+    from skiff.image.snapshot import disk_usage
+
+    data = (TarBuilder().dir("etc").file("etc/big", os.urandom(100_000)).hardlink("etc/big.link", "etc/big")
+            .symlink("etc/long", "x" * 300).whiteout("gone").opaque("var/cache").file("a/b/c/implied", b"i")
+            .dir("etc", mode=0o700).bytes())  # a directory listed twice is one inode
+    applied = extract_layer(io.BytesIO(data), tmp_path / "layer")
+    walked = disk_usage(str(tmp_path / "layer"))
+    assert applied.usage == (walked.size, walked.inodes)
+    replaced = extract_layer(io.BytesIO(TarBuilder().file("f", b"1").file("f", b"2").bytes()), tmp_path / "again")
+    assert replaced.usage is None  # something made was removed again: only a walk can tell
+
+
+def test_unpacking_side_by_side_leaks_no_file_descriptors_or_threads(tmp_path: Path) -> None:
+    import threading
+
+    from skiff.image.snapshot import OverlaySnapshotter
+
+    layers = [TarBuilder().file(f"f{i}", os.urandom(1 << 20)).dir(f"d{i}").file(f"d{i}/g", b"g").bytes()
+              for i in range(4)]
+    content, good = _image(tmp_path / "good", layers)
+    _, bad = _image(tmp_path / "good", layers, [sha256(d) for d in layers[:3]] + [sha256(b"lies")])
+    snapshots = OverlaySnapshotter(tmp_path / "snapshots")
+    try:
+        before_fds, before_threads = set(os.listdir("/proc/self/fd")), threading.active_count()
+        with pytest.raises(InvalidArgument):
+            snapshots.unpack(bad, content)
+        snapshots.unpack(good, content)
+        assert set(os.listdir("/proc/self/fd")) == before_fds
+        assert threading.active_count() == before_threads
+    finally:
+        snapshots.close()
+
+
+def test_deep_paths_do_not_exhaust_file_descriptors(tmp_path: Path) -> None:
+    """The directories on the open path are kept open only to a bounded depth: a layer nesting far deeper
+    applies within a small fd limit (and the daemon's other work keeps its fds)."""
+    import resource
+
+    deep = "/".join(["d"] * 400)
+    data = TarBuilder().file(f"{deep}/f", b"bottom").file("top", b"t").file(f"{deep}/g", b"again").bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+    try:
+        apply_layer(io.BytesIO(data), tmp_path / "layer")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (tmp_path / "layer" / deep / "f").read_bytes() == b"bottom"
+    assert (tmp_path / "layer" / deep / "g").read_bytes() == b"again"
