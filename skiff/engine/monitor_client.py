@@ -9,10 +9,13 @@ exec sessions hold their own connection for their streams. When the monitor has 
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +38,13 @@ from skiff.engine.monitor import (
 
 # Started with -I -S: no site-packages, no environment; the monitor needs only the stdlib and skiff.
 _BOOT = "import sys; sys.path[:0] = [{root!r}]; from skiff.engine.monitor import main; main()"
+_SPAWNER_BOOT = ("import sys; sys.path[:0] = [{root!r}]; from skiff.engine.monitor_spawner import serve; "
+                 "serve(int(sys.argv[1]))")
+SPAWNER_START_TIMEOUT = 30.0
+SESSION_DRAIN_SECONDS = 2.0
 _SKIFF_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(skiff.__file__)))
+
+log = logging.getLogger(__name__)
 
 # What an unread session may buffer in the daemon before it stops reading its socket (the monitor
 # then buffers up to its own limit and drops the client: a stuck reader never stalls a container).
@@ -135,17 +144,144 @@ def _last_line(path: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _monitor_argv(*, container_id: str, bundle: str, state_dir: str, log_path: str | None, runtime: list[str],
-                  runtime_root: str, tty: bool, open_stdin: bool, stdin_once: bool,
-                  log_opts: dict[str, Any] | None) -> list[str]:
-    argv = [sys.executable, "-I", "-S", "-c", _BOOT.format(root=_SKIFF_ROOT),
-            "--id", container_id, "--bundle", os.path.abspath(bundle), "--state-dir", os.path.abspath(state_dir),
+def _monitor_options(*, container_id: str, bundle: str, state_dir: str, log_path: str | None, runtime: list[str],
+                     runtime_root: str, tty: bool, open_stdin: bool, stdin_once: bool,
+                     log_opts: dict[str, Any] | None, in_process: bool = False) -> list[str]:
+    """The monitor's command-line options (``monitor.Options``)."""
+    argv = ["--id", container_id, "--bundle", os.path.abspath(bundle), "--state-dir", os.path.abspath(state_dir),
             "--runtime-root", os.path.abspath(runtime_root)]
     if log_path:
         argv += ["--log-path", os.path.abspath(log_path)]
     argv += _log_args(log_opts or {})
-    argv += [flag for flag, on in (("--tty", tty), ("--stdin", open_stdin), ("--stdin-once", stdin_once)) if on]
+    argv += [flag for flag, on in (("--tty", tty), ("--stdin", open_stdin), ("--stdin-once", stdin_once),
+                                   ("--in-process", in_process)) if on]
     return [*argv, "--", *runtime]
+
+
+async def _start_monitor_process(options: list[str]) -> tuple[bytes, bytes]:
+    """Start a monitor as a new interpreter; (its report line, its stderr before it forked away)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-S", "-c", _BOOT.format(root=_SKIFF_ROOT), *options,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    # The monitor forks away at once and reports how create went in one line. Read that line, not to
+    # EOF: a runtime called in-process forks the container from the monitor, and the container's init
+    # holds a copy of the pipe until it execs.
+    out = await proc.stdout.readline()
+    err = await proc.stderr.read()  # the launched process's own, closed when it forked away
+    await proc.wait()
+    return out, err
+
+
+class MonitorSpawner:
+    """The daemon's end of the monitor spawner (monitor_spawner.py): one process, started with the daemon,
+    that forks each container's monitor from a heap of pre-imported, frozen modules.
+
+    ``spawn`` returns None when the spawner is not running (never started, or died); the caller then
+    starts the monitor as its own interpreter. A dead spawner is restarted on the next ``spawn``.
+    """
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._starting: asyncio.Lock | None = None
+
+    async def start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", "-c", _SPAWNER_BOOT.format(root=_SKIFF_ROOT), str(child.fileno()),
+                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL)
+        finally:
+            child.close()
+        parent.setblocking(False)
+        try:
+            ready = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(parent, 16), SPAWNER_START_TIMEOUT)
+        except (TimeoutError, OSError):
+            ready = b""
+        if ready != b"ready":
+            parent.close()
+            await self._reap()
+            raise errors.SystemFailure("the monitor spawner did not start")
+        self._sock = parent
+
+    async def spawn(self, options: list[str]) -> tuple[bytes, bytes] | None:
+        """Fork a monitor with ``options``; (its report line, its early stderr), or None without a spawner."""
+        if self._sock is None and not await self._restart():
+            return None
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            assert self._sock is not None
+            self._sock.sendmsg([b"\0".join(o.encode() for o in options)],
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_w, err_w]))])
+        except OSError as e:
+            log.warning("the monitor spawner has gone (%s); starting monitors as processes", e)
+            for fd in (out_r, err_r):
+                os.close(fd)
+            await self.stop()
+            return None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        out = await _read_pipe(out_r, line=True)
+        err = await _read_pipe(err_r, line=False)
+        return out, err
+
+    async def _restart(self) -> bool:
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._sock is None:
+                try:
+                    await self.start()
+                except (errors.SkiffError, OSError) as e:
+                    log.warning("cannot start the monitor spawner: %s", e)
+                    return False
+        return True
+
+    async def stop(self) -> None:
+        """Close our end (the spawner exits on it) and reap the process. Monitors carry on."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        await self._reap()
+
+    async def _reap(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                await asyncio.wait_for(proc.wait(), SPAWNER_START_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def _read_pipe(fd: int, line: bool) -> bytes:
+    """Everything from the pipe ``fd`` until EOF (or the first newline when ``line``); closes ``fd``."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    chunks: list[bytes] = []
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        chunks.append(data)
+        if (not data or (line and b"\n" in data)) and not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _log_args(opts: dict[str, Any]) -> list[str]:
@@ -176,21 +312,25 @@ class Monitor:
     @classmethod
     async def launch(cls, *, container_id: str, bundle: str, state_dir: str, log_path: str | None,
                      runtime: list[str], runtime_root: str, tty: bool, open_stdin: bool, stdin_once: bool,
-                     log_opts: dict[str, Any] | None = None) -> Monitor:
+                     log_opts: dict[str, Any] | None = None, in_process: bool = False,
+                     spawner: MonitorSpawner | None = None) -> Monitor:
         """Start a monitor that runs `runtime create`; return once the container is created.
 
         Raises ``SystemFailure`` with the runtime's one-line error if create fails. ``log_opts``
-        takes Docker's json-file options ``max-size`` and ``max-file``.
+        takes Docker's json-file options ``max-size`` and ``max-file``. ``in_process``: the runtime is
+        Skiff's own, which the monitor then calls as a library instead of running its command.
+        ``spawner``: fork the monitor from it (fast, shared memory); without one, or when it has
+        failed, the monitor is started as a new interpreter.
         """
         os.makedirs(state_dir, exist_ok=True)
-        argv = _monitor_argv(container_id=container_id, bundle=bundle, state_dir=state_dir, log_path=log_path,
-                             runtime=runtime, runtime_root=runtime_root, tty=tty, open_stdin=open_stdin,
-                             stdin_once=stdin_once, log_opts=log_opts)
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
-        # The monitor forks away at once; its stdout stays open until it reports how create went.
-        out, err = await proc.communicate()
+        options = _monitor_options(container_id=container_id, bundle=bundle, state_dir=state_dir,
+                                   log_path=log_path, runtime=runtime, runtime_root=runtime_root, tty=tty,
+                                   open_stdin=open_stdin, stdin_once=stdin_once, log_opts=log_opts,
+                                   in_process=in_process)
+        report = await spawner.spawn(options) if spawner is not None else None
+        if report is None:
+            report = await _start_monitor_process(options)
+        out, err = report
         words = out.decode(errors="replace").strip().split(" ", 2)
         if words[0] == "ok" and len(words) == 3:
             return cls(state_dir, int(words[1]), int(words[2]))
@@ -269,6 +409,15 @@ class Monitor:
         """Drop this handle and the sessions it opened; the monitor and container carry on."""
         for session in list(self._sessions):
             await session.close()
+
+    async def close_after_exit(self, timeout: float = SESSION_DRAIN_SECONDS) -> None:
+        """``close``, once the process has exited: first let every session receive what the monitor still
+        sends it (the last output and the EXIT travel on each session's own connection, and may arrive
+        after ``wait`` has returned on another), for at most ``timeout`` seconds."""
+        readers = [session._pump for session in self._sessions]
+        if readers:
+            await asyncio.wait(readers, timeout=timeout)
+        await self.close()
 
     def _track(self, session: AttachSession) -> None:
         self._sessions.add(session)

@@ -119,7 +119,7 @@ class Runtime:
             st.cgroup_paths = cgroup.paths
             # A first record, before any process exists: if this command is killed from here on,
             # `delete` still finds the cgroups (and whatever runs in them) and removes everything.
-            st.save(durable=False)
+            st.save()
             self._spawn_init(st, spec, cgroup, console_socket, _console, preserve_fds)
             st.save()
             if pid_file:

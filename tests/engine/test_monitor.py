@@ -26,7 +26,7 @@ import pytest_asyncio
 from skiff import errors
 from skiff.engine.logs import read_logs
 from skiff.engine.monitor import EXIT_FILE, SOCKET_NAME
-from skiff.engine.monitor_client import AttachSession, ExitStatus, Monitor
+from skiff.engine.monitor_client import AttachSession, ExitStatus, Monitor, MonitorSpawner
 from skiff.runtime.bundle import make_busybox_bundle
 from tests.leakcheck import CGROUP_MARKER, SESSION_TAG
 from tests.runtime.harness import cgroup_dirs, runtime_commands
@@ -49,14 +49,17 @@ def _runtime(name: str) -> list[str]:
     return cmd
 
 
-both_runtimes = pytest.mark.parametrize("runtime", ["skiff", "runc"])
+# "skiff-spawned": Skiff's runtime called in-process by a monitor forked from a MonitorSpawner, as the
+# engine runs it; "skiff": its command, run by a monitor started as its own interpreter.
+both_runtimes = pytest.mark.parametrize("runtime", ["skiff", "skiff-spawned", "runc"])
 
 
 class Box:
     """One container under test: its monitor handle and where its files live."""
 
-    def __init__(self, boxes: Boxes, cid: str, runtime: list[str], monitor: Monitor | None = None) -> None:
-        self.cid, self.runtime = cid, runtime
+    def __init__(self, boxes: Boxes, cid: str, runtime: list[str], monitor: Monitor | None = None,
+                 spawned: bool = False) -> None:
+        self.cid, self.runtime, self.spawned = cid, runtime, spawned
         self.dir = boxes.root / cid
         self.bundle = self.dir / "bundle"
         self.state_dir = str(self.dir / "state")
@@ -89,9 +92,11 @@ class Boxes:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.made: list[Box] = []
+        self.spawner = MonitorSpawner()
 
     def new(self, runtime: str = "skiff") -> Box:
-        box = Box(self, f"{SESSION_TAG}-mon{next(_ids)}", _runtime(runtime))
+        spawned = runtime == "skiff-spawned"
+        box = Box(self, f"{SESSION_TAG}-mon{next(_ids)}", _runtime("skiff" if spawned else runtime), spawned=spawned)
         self.made.append(box)
         return box
 
@@ -103,10 +108,12 @@ class Boxes:
         box.monitor = await asyncio.wait_for(Monitor.launch(
             container_id=box.cid, bundle=str(box.bundle), state_dir=box.state_dir, log_path=box.log_path,
             runtime=box.runtime, runtime_root=box.runtime_root, tty=tty, open_stdin=open_stdin,
-            stdin_once=stdin_once, log_opts=log_opts), TIMEOUT)
+            stdin_once=stdin_once, log_opts=log_opts, in_process=box.spawned,
+            spawner=self.spawner if box.spawned else None), TIMEOUT)
         return box
 
     async def cleanup(self) -> list[str]:
+        await self.spawner.stop()
         problems = []
         for box in self.made:
             problems += await self._finish(box)
@@ -546,3 +553,48 @@ async def test_follow_logs_of_a_running_container(boxes: Boxes) -> None:
     assert os.path.exists(box.log_path + ".1")  # rotated at 150 bytes while being followed
     assert [d async for _, d in read_logs(box.log_path, tail=2)] == [b"line3\n", b"bye\n"]
     assert os.path.exists(os.path.join(box.state_dir, EXIT_FILE))
+
+
+async def test_spawner_ends_with_its_daemon_and_its_monitors_carry_on(boxes: Boxes) -> None:
+    box = await boxes.launch(["sh", "-c", "read line; echo got $line"], runtime="skiff-spawned", open_stdin=True,
+                             stdin_once=True)
+    spawner_pid = boxes.spawner._proc.pid if boxes.spawner._proc else 0
+    assert spawner_pid and _state(spawner_pid) not in (None, "Z")
+    assert box.m.monitor_pid != spawner_pid
+    await boxes.spawner.stop()  # what a daemon's exit does: its end of the socket closes
+    assert await _gone(spawner_pid)
+    session = await box.m.attach(stdin=True, stdout=True, stderr=True)
+    await box.m.start()
+    await session.write(b"hello\n")
+    await session.close_stdin()
+    assert (await asyncio.wait_for(box.m.wait(), TIMEOUT)).exit_code == 0
+    assert b"got hello" in b"".join([item[1] async for item in _items(session)])
+    await session.close()
+    again = await boxes.launch(["true"], runtime="skiff-spawned")  # a stopped spawner starts again when asked
+    assert (await asyncio.wait_for(again.m.start(), TIMEOUT)) is None
+    assert (await asyncio.wait_for(again.m.wait(), TIMEOUT)).exit_code == 0
+    assert boxes.spawner._proc is not None and boxes.spawner._proc.pid != spawner_pid
+
+
+async def _items(session: AttachSession) -> Any:
+    while (item := await asyncio.wait_for(session.read(), TIMEOUT)) is not None:
+        yield item
+
+
+async def test_spawned_monitors_share_the_spawners_memory(boxes: Boxes) -> None:
+    """A forked monitor keeps fewer private pages than a started interpreter (what it shares with the
+    spawner is paid once for all containers)."""
+    started = await boxes.launch(["sleep", "30"], runtime="skiff")
+    spawned = await boxes.launch(["sleep", "30"], runtime="skiff-spawned")
+    for box in (started, spawned):
+        await box.m.start()
+    private = {box.spawned: _private_kib(box.m.monitor_pid) for box in (started, spawned)}
+    assert private[True] < 0.8 * private[False], private
+    for box in (started, spawned):
+        await box.m.kill(signal.SIGKILL)
+        await asyncio.wait_for(box.m.wait(), TIMEOUT)
+
+
+def _private_kib(pid: int) -> int:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty"))
