@@ -14,6 +14,8 @@ _VERBS = {
     "runtime": ("skiff.runtime.cli", "entry"),
     "registry": ("skiff.registry.cli", "main"),
     "engine": ("skiff.engine.cli", "main"),
+    "server": ("skiff.cluster.api.cli", "main"),
+    "kubectl": ("skiff.cli.kubectl", "main"),
 }
 
 # docker's verbs (skiff/cli/dockercli): a client of the Engine API; they get the whole argument list, so that
@@ -21,7 +23,7 @@ _VERBS = {
 _DOCKER_VERBS = frozenset({
     "version", "info", "ps", "run", "create", "start", "stop", "restart", "kill", "rm", "logs", "exec", "inspect",
     "top", "wait", "pause", "unpause", "rename", "images", "pull", "push", "tag", "rmi", "save", "load", "import",
-    "login", "logout", "events", "stats", "system", "container", "image",
+    "login", "logout", "events", "stats", "system", "container", "image", "network", "port",
 })
 _DOCKER_GLOBALS = ("-H", "--host")
 
@@ -31,6 +33,7 @@ commands:
   runtime   the OCI runtime (runc's command line): create, start, run, exec, kill, delete, ...
   registry  an OCI Distribution registry server
   engine    the engine daemon, serving the Docker Engine API
+  server    the cluster's control plane: the Kubernetes API server (HTTPS, default 127.0.0.1:6443)
 
 docker's verbs, against the engine at -H/--host (or $SKIFF_HOST, default unix:///run/skiff/engine.sock):
   skiff [-H HOST] version | info | ps | run | create | start | stop | restart | kill | rm | logs | exec

@@ -1,0 +1,1 @@
+"""The Kubernetes API server: REST, discovery, OpenAPI, Table printing, watch, patches, admission, auth."""
