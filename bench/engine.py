@@ -6,7 +6,7 @@
 Starts ``skiff engine`` (and dockerd, when one is found) on temporary data roots, exec roots and unix
 sockets, loads an offline-built busybox (``tests/image/testimages.py``) into each with ``docker load``, then:
 
-1. ``docker run --rm busybox true`` N times per daemon, alternating, timed end to end (the CLI's wall time);
+1. ``docker run --rm --network none busybox true`` N times per daemon, alternating, timed end to end (wall time);
    medians, p90 and the ratio skiff/dockerd.
 2. Memory per running container: M ``docker run -d busybox sleep 3600`` per daemon (one daemon at a time);
    the drop in ``MemAvailable`` divided by M, and the PSS (``/proc/PID/smaps_rollup``) of every process
@@ -45,6 +45,10 @@ from tests.image.testimages import busybox_docker_archive  # noqa: E402
 CGROUP_PARENT = "skiff-bench"
 DOCKER_CGROUP_PARENT = "skiff-bench-docker"
 IMAGE = "busybox:latest"
+# dockerd runs with no bridge and no iptables (a benchmark must not touch the host's firewall), so both
+# daemons run their containers with --network none: the same work on both sides, a netns with loopback only.
+NETWORK = ("--network", "none")
+BENCH_BRIDGE, BENCH_SUBNET, BENCH_NFT_TABLE = "skbench0", "10.233.0.0/24", "skiff_bench"
 MIB = 1024 * 1024
 UNPACKED_DOCKER = Path("/tmp/dockerpkg/root")
 START_TIMEOUT = 60.0
@@ -207,7 +211,7 @@ class Daemon:
 
     def timed_run(self, *, record: bool = True) -> None:
         started = time.perf_counter()
-        self.docker("run", "--rm", IMAGE, "true")
+        self.docker("run", "--rm", *NETWORK, IMAGE, "true")
         elapsed = time.perf_counter() - started
         if record:
             self.samples.append(elapsed)
@@ -253,10 +257,18 @@ class Skiff(Daemon):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "skiff.cli.main", "engine", "--data-root", str(self.data_root),
                 "--exec-root", str(self.exec_root), "-H", self.host, "--pidfile", str(self.pidfile),
-                "--cgroup-parent", f"/{CGROUP_PARENT}", "--runtime", self.runtime]
+                "--cgroup-parent", f"/{CGROUP_PARENT}", "--runtime", self.runtime,
+                # Its own default bridge, subnet and nft table, apart from any Skiff engine on this host.
+                "--bridge", BENCH_BRIDGE, "--bip", BENCH_SUBNET, "--nft-table", BENCH_NFT_TABLE]
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+    def stop(self) -> None:
+        super().stop()
+        # The engine keeps its networks for the next start, as dockerd does; the bench's go with the bench.
+        subprocess.run(["ip", "link", "delete", BENCH_BRIDGE], capture_output=True, check=False)
+        subprocess.run(["nft", "delete", "table", "ip", BENCH_NFT_TABLE], capture_output=True, check=False)
 
 
 class Dockerd(Daemon):
@@ -336,7 +348,7 @@ def measure_memory(d: Daemon, count: int) -> dict:
     time.sleep(1.0)
     before_pids = all_pids()
     before = meminfo()
-    ids = [d.docker("run", "-d", IMAGE, "sleep", "3600").stdout.strip() for _ in range(count)]
+    ids = [d.docker("run", "-d", *NETWORK, IMAGE, "sleep", "3600").stdout.strip() for _ in range(count)]
     time.sleep(3.0)  # let the daemon and the monitors settle (lazy imports, first log writes)
     after = meminfo()
     inits = [int(x) for x in d.docker("inspect", "--format", "{{.State.Pid}}", *ids).stdout.split()]
@@ -426,7 +438,8 @@ def report(daemons: list[Daemon], memory: dict[str, dict], a: argparse.Namespace
     assert isinstance(skiff, Skiff)
     peer = daemons[1] if len(daemons) > 1 else None
     print(f"skiff engine --runtime {skiff.runtime}; peer: {peer_note}")
-    print(f"\n1. `docker run --rm {IMAGE} true` end to end (docker CLI wall time), {a.runs} runs each, alternating")
+    print(f"\n1. `docker run --rm {' '.join(NETWORK)} {IMAGE} true` end to end (docker CLI wall time), "
+          f"{a.runs} runs each, alternating")
     for d in daemons:
         print("  " + summary(d))
     ratio = None

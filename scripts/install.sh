@@ -73,3 +73,17 @@ if ! "$venv/bin/python" -c "import socket,sys; socket.socket(socket.AF_UNIX).con
 fi
 echo "skiff engine is serving the Docker Engine API on $sock (log: /var/log/skiff/engine.log)"
 echo "use it with:  export DOCKER_HOST=unix://$sock; docker info"
+
+# And the cluster's control plane: the Kubernetes API server on the embedded SQLite store. It writes its
+# admin kubeconfig where kubectl looks by default (an existing one is kept, the server's is beside it).
+kubeconfig=/root/.kube/config
+[ -e "$kubeconfig" ] && ! grep -q skiff "$kubeconfig" && kubeconfig=/root/.kube/skiff.yaml
+mkdir -p /root/.kube /var/lib/skiff/server
+if ! "$venv/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', 6443), 1)" 2>/dev/null; then
+    setsid skiff server --data-dir /var/lib/skiff/server --write-kubeconfig "$kubeconfig" \
+        >>/var/log/skiff/server.log 2>&1 < /dev/null &
+    for _ in $(seq 100); do [ -s "$kubeconfig" ] && break; sleep 0.1; done
+fi
+KUBECONFIG="$kubeconfig" kubectl get namespaces 2>/dev/null || true
+echo "skiff server is serving the Kubernetes API on https://127.0.0.1:6443 (log: /var/log/skiff/server.log)"
+echo "use it with:  export KUBECONFIG=$kubeconfig; kubectl get all -A"

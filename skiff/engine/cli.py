@@ -2,6 +2,7 @@
 
     skiff engine [--data-root DIR] [--exec-root DIR] [-H unix:///PATH]... [--group NAME] [--pidfile FILE]
                  [--runtime skiff|runc|crun|PATH] [--registry-mirror URL]... [--insecure-registry HOST]...
+                 [--bridge NAME] [--bip CIDR] [--nft-table NAME] [--default-address-pool base=CIDR,size=N]
                  [-H tcp://ADDR:PORT --tlsverify --tlscacert CA --tlscert CERT --tlskey KEY]
                  [--log-level LEVEL] [-D]
 
@@ -35,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"OCI runtime: {', '.join(RUNTIMES)} or the path of a runc-compatible binary (default skiff)")
     p.add_argument("--cgroup-parent", default="/skiff", metavar="PATH",
                    help="parent cgroup of every container (default /skiff)")
+    p.add_argument("--bridge", default="skiff0", metavar="NAME", help="the default network's bridge (default skiff0)")
+    p.add_argument("--bip", default="10.88.0.0/16", metavar="CIDR",
+                   help="the default network's subnet; its gateway is the first address (default 10.88.0.0/16)")
+    p.add_argument("--nft-table", default="skiff", metavar="NAME",
+                   help="this engine's nftables table (default skiff)")
+    p.add_argument("--default-address-pool", default="base=10.89.0.0/16,size=24", metavar="base=CIDR,size=N",
+                   help="where subnets of networks created without one come from (default base=10.89.0.0/16,size=24)")
     p.add_argument("--registry-mirror", dest="mirrors", action="append", default=[], metavar="URL",
                    help="a Docker Hub mirror to pull from first, repeatable")
     p.add_argument("--insecure-registry", dest="insecure", action="append", default=[], metavar="HOST",
@@ -75,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         config = EngineConfig(
             data_root=args.data_root, exec_root=args.exec_root, hosts=args.hosts or [DEFAULT_HOST],
             runtime=args.runtime, registry_mirrors=args.mirrors, insecure_registries=args.insecure,
-            tls=_tls(args, parser), group=args.group, pidfile=args.pidfile, cgroup_parent=args.cgroup_parent)
+            tls=_tls(args, parser), group=args.group, pidfile=args.pidfile, cgroup_parent=args.cgroup_parent,
+            bridge=args.bridge, bip=args.bip, nft_table=args.nft_table, default_address_pool=args.default_address_pool)
         logging.getLogger("skiff.engine").info("starting: %s", describe(config))
         asyncio.run(Daemon(config).run())
     except (OSError, SkiffError) as e:

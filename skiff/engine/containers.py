@@ -34,9 +34,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
 from skiff import errors
+from skiff.engine import mounts as mountplan
 from skiff.engine import ocispec
 from skiff.engine.logs import parse_time
-from skiff.engine.monitor_client import ExitStatus, Monitor
+from skiff.engine.monitor_client import ExitStatus, Monitor, MonitorSpawner
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Container:
     restart_count: int = 0
     manually_stopped: bool = False
     has_been_started: bool = False
+    mounts: list[dict] = field(default_factory=list)  # its mount points, planned at create (engine.mounts)
     # ---- live only, never persisted
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     monitor: Monitor | None = field(default=None, repr=False)
@@ -102,7 +104,7 @@ class Container:
     execs: dict[str, Exec] = field(default_factory=dict, repr=False)
 
     _PERSISTED = ("id", "name", "created", "image_id", "config", "host_config", "networking_config",
-                  "restart_count", "manually_stopped", "has_been_started")
+                  "restart_count", "manually_stopped", "has_been_started", "mounts")
 
     def record(self) -> dict:
         data = {k: getattr(self, k) for k in self._PERSISTED}
@@ -171,13 +173,17 @@ def new_id() -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Temp file + fsync + rename: a crash leaves the old file or the new one, never a torn one."""
+def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+    """Temp file + fsync + rename: a crash leaves the old file or the new one, never a torn one.
+
+    ``durable=False`` skips the fsync, for files every start writes anew (the bundle, /etc/hosts, ...):
+    after a crash they are rewritten before anything reads them, and each fsync costs milliseconds."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -249,6 +255,7 @@ class ContainerService:
         self._execs: dict[str, Exec] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
+        self._spawner = MonitorSpawner()
 
     # ---- daemon start and stop ------------------------------------------------------------------
 
@@ -258,6 +265,10 @@ class ContainerService:
         os.makedirs(self.data_dir, exist_ok=True)
         os.makedirs(self.exec_dir, exist_ok=True)
         self.engine.images.in_use = self.image_in_use
+        try:
+            await self._spawner.start()
+        except errors.SkiffError as e:
+            log.warning("%s: monitors start as their own processes (slower, more memory)", e)
         for cid in sorted(os.listdir(self.data_dir)):
             if not os.path.exists(os.path.join(self.data_dir, cid, RECORD)):
                 await self._remove_debris(cid)
@@ -326,6 +337,7 @@ class ContainerService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._spawner.stop()
         for c in self._containers.values():
             if c.monitor is not None:
                 with contextlib.suppress(Exception):
@@ -379,6 +391,16 @@ class ContainerService:
     def image_in_use(self, image_id: str) -> bool:
         return any(c.image_id == image_id for c in self._containers.values())
 
+    @property
+    def _volumes(self) -> Any | None:
+        """The engine's VolumeService (None in engines built without volumes)."""
+        return getattr(self.engine, "volumes", None)
+
+    @property
+    def _networks(self) -> Any | None:
+        """The engine's NetworkService (None in engines built without networking)."""
+        return getattr(self.engine, "networks", None)
+
     # ---- paths --------------------------------------------------------------------------------------
 
     def container_dir(self, c: Container) -> str:
@@ -424,6 +446,7 @@ class ContainerService:
             raise errors.InvalidArgument("config cannot be empty in order to create a container")
         host_config = ocispec.adapt_host_config(body.get("HostConfig"))
         ocispec.validate_host_config(host_config)
+        mountplan.validate_host_config(host_config)
         self._check_log_config(host_config)
         full_name = self._reserve_name(name)
         try:
@@ -436,24 +459,30 @@ class ContainerService:
                       ) -> tuple[Container, list[str]]:
         image = self._resolve_image(config["Image"])
         merged = ocispec.merge_image_config(config, image.config.get("config") or {})
+        if self._networks is not None:  # its networks exist; its addresses and ports make sense
+            networking = self._networks.prepare_container(merged, host_config, networking)
         cid = new_id()
         if not merged.get("Hostname"):
             merged["Hostname"] = self._default_hostname(cid, host_config.get("NetworkMode"))
         c = Container(id=cid, name=name, created=time.time(), image_id=image.config_digest, config=merged,
                       host_config=host_config, networking_config=networking)
         c.run_done.set()
+        planner = mountplan.MountPlanner(self._volumes, self.get)
         os.makedirs(self.container_dir(c))
         try:
+            c.mounts = planner.plan(cid, merged, host_config)  # creates and claims its volumes
             await _call(self.engine.images.prepare_rootfs, cid, image)
             self._names[name] = cid
             self._containers[cid] = c
             self._save(c)
         except BaseException:
             self._containers.pop(cid, None)
+            planner.abandon(cid, planner.made)
             shutil.rmtree(self.container_dir(c), ignore_errors=True)
             with contextlib.suppress(Exception):
                 await _call(self.engine.images.remove_rootfs, cid)
             raise
+        planner.settle(cid)  # the record names its volumes now
         self.event(c, "create")
         return c, []
 
@@ -558,7 +587,8 @@ class ContainerService:
             log_path=self.log_path(c), runtime=self._runtime_command(),
             runtime_root=str(self.engine.config.runtime_root), tty=bool(c.config.get("Tty")),
             open_stdin=bool(c.config.get("OpenStdin")), stdin_once=bool(c.config.get("StdinOnce")),
-            log_opts=log_opts)
+            log_opts=log_opts, in_process=self.engine.config.runtime == "skiff",
+            spawner=self._spawner)
 
     async def _start_failed(self, c: Container, error: errors.SkiffError, from_runtime: bool = True) -> NoReturn:
         """Record a failed start as dockerd does (the error, exit code 126/127/128), release what the start
@@ -578,7 +608,7 @@ class ContainerService:
         c.attach_waiters.clear()
         if c.host_config.get("AutoRemove"):
             c.removing = True
-            await self._destroy(c)
+            await self._destroy(c, remove_volumes=True)  # as dockerd's auto-removal (RemoveVolume)
         if not from_runtime:
             raise error
         raise errors.InvalidArgument(message) from None
@@ -599,14 +629,20 @@ class ContainerService:
             await _call(self.engine.images.mount_rootfs, c.id, rootfs)
         try:
             joined = self._joined_namespaces(c)
+            netns = await self._networks.attach(c) if self._networks is not None else None
+            if netns is not None:
+                joined["network"] = netns  # the sandbox with its interfaces, made before the runtime joins it
             self._make_workdir(c, rootfs)
             self._write_etc_files(c)
             paths = ocispec.BundlePaths(rootfs, self.etc_path(c, "hostname"), self.etc_path(c, "hosts"),
                                         self.etc_path(c, "resolv.conf"), joined)
             user = self._resolve_user(rootfs, c.config.get("User") or "", c.host_config.get("GroupAdd") or [])
-            spec = ocispec.build_spec(c.id, c.config, c.host_config, paths, self.spec_options, user)
+            own_mounts = await mountplan.prepare_run_async(
+                self._volumes, c.id, c.mounts, c.host_config.get("Tmpfs"),
+                lambda path: _secure_join(rootfs, path), not c.has_been_started)
+            spec = ocispec.build_spec(c.id, c.config, c.host_config, paths, self.spec_options, user, own_mounts)
             os.makedirs(self._bundle_dir(c), exist_ok=True)
-            write_atomic(os.path.join(self._bundle_dir(c), "config.json"), json.dumps(spec).encode())
+            write_atomic(os.path.join(self._bundle_dir(c), "config.json"), json.dumps(spec).encode(), durable=False)
             shutil.rmtree(self._state_dir(c), ignore_errors=True)  # a previous run's monitor state
         except BaseException:
             await self._release_rootfs(c)
@@ -651,23 +687,33 @@ class ContainerService:
         if network_of is not None:
             other = self.get(network_of)
             for name in ("hostname", "hosts", "resolv.conf"):
-                write_atomic(self.etc_path(c, name), _read_text(self.etc_path(other, name)).encode())
+                write_atomic(self.etc_path(c, name), _read_text(self.etc_path(other, name)).encode(), durable=False)
             return
         hc, mode = c.host_config, c.host_config.get("NetworkMode") or "default"
         hostname = c.config.get("Hostname") or c.id[:12]
         domain = c.config.get("Domainname") or ""
-        write_atomic(self.etc_path(c, "hostname"), f"{hostname}\n".encode())
+        write_atomic(self.etc_path(c, "hostname"), f"{hostname}\n".encode(), durable=False)
+        networks = self._networks
         if mode == "host":
             hosts = _read_text("/etc/hosts")
         else:
             full = f"{hostname}.{domain} {hostname}" if domain else hostname
-            hosts = ocispec.hosts_file(full, None, hc.get("ExtraHosts") or [])
-        write_atomic(self.etc_path(c, "hosts"), hosts.encode())
-        resolv = ocispec.resolv_conf(_read_text("/etc/resolv.conf"), mode, hc.get("Dns") or [],
-                                     hc.get("DnsSearch") or [], hc.get("DnsOptions") or [])
-        write_atomic(self.etc_path(c, "resolv.conf"), resolv.encode())
+            extra = [h.replace("host-gateway", networks.host_gateway()) if networks else h
+                     for h in hc.get("ExtraHosts") or []]
+            hosts = ocispec.hosts_file(full, networks.primary_address(c) if networks else None, extra)
+        write_atomic(self.etc_path(c, "hosts"), hosts.encode(), durable=False)
+        if networks is not None and networks.uses_embedded_dns(c):
+            # dockerd: the embedded resolver, which forwards to --dns (or the host's servers) itself
+            resolv = ocispec.resolv_conf(_read_text("/etc/resolv.conf"), mode, ["127.0.0.11"],
+                                         hc.get("DnsSearch") or [], hc.get("DnsOptions") or ["ndots:0"])
+        else:
+            resolv = ocispec.resolv_conf(_read_text("/etc/resolv.conf"), mode, hc.get("Dns") or [],
+                                         hc.get("DnsSearch") or [], hc.get("DnsOptions") or [])
+        write_atomic(self.etc_path(c, "resolv.conf"), resolv.encode(), durable=False)
 
     async def _release_rootfs(self, c: Container) -> None:
+        if self._networks is not None:
+            await self._networks.detach(c)  # the sandbox, its rules, proxies and DNS (idempotent)
         rootfs = self.rootfs_dir(c)
         if os.path.ismount(rootfs):
             try:
@@ -675,6 +721,7 @@ class ContainerService:
             except errors.SkiffError as e:
                 log.warning("container %s: unmounting its root filesystem: %s", c.id[:12], e)
         shutil.rmtree(self._bundle_dir(c), ignore_errors=True)
+        mountplan.release_run(self._volumes, c.id, c.mounts)  # driver volumes nobody runs with unmount
 
     async def _connect_attachers(self, c: Container, monitor: Monitor) -> None:
         """Clients that attached before the start get their sessions now, before the process runs, so they
@@ -705,7 +752,7 @@ class ContainerService:
             await self._runtime_quiet("delete", "--force", c.id)
             status = ExitStatus(137, "")
         with contextlib.suppress(Exception):
-            await monitor.close()
+            await monitor.close_after_exit()
         if c.monitor is monitor:
             c.monitor = None
         ran_for = time.time() - c.state.started_at
@@ -801,7 +848,7 @@ class ContainerService:
             if c.removing or c.id not in self._containers or c.state.running:
                 return
             c.removing = True
-            await self._destroy(c)
+            await self._destroy(c, remove_volumes=True)  # as dockerd's auto-removal (RemoveVolume)
 
     # ---- stop, kill, restart ------------------------------------------------------------------------
 
@@ -960,8 +1007,9 @@ class ContainerService:
 
     # ---- remove and prune ---------------------------------------------------------------------------
 
-    async def remove(self, ref: str, force: bool = False) -> None:
-        """``DELETE /containers/{id}``: refused while running unless ``force`` (then SIGKILL first)."""
+    async def remove(self, ref: str, force: bool = False, remove_volumes: bool = False) -> None:
+        """``DELETE /containers/{id}``: refused while running unless ``force`` (then SIGKILL first);
+        ``remove_volumes`` (``v``) removes its anonymous volumes too."""
         c = self.get(ref)
         if c.removing:
             raise errors.Conflict(f"removal of container {c.id} is already in progress")
@@ -980,10 +1028,11 @@ class ContainerService:
                 c.manually_stopped = True
                 await self._signal(c, signal.SIGKILL)
                 await self._wait_run_done(c, None)
-            await self._destroy(c)
+            await self._destroy(c, remove_volumes)
 
-    async def _destroy(self, c: Container) -> None:
-        """Remove every trace of a stopped container and finish ``wait?condition=removed``."""
+    async def _destroy(self, c: Container, remove_volumes: bool = False) -> None:
+        """Remove every trace of a stopped container (and its anonymous volumes with ``remove_volumes``) and
+        finish ``wait?condition=removed``."""
         c.state.status = "removing"
         await self._release_rootfs(c)
         try:
@@ -999,6 +1048,8 @@ class ContainerService:
         self._containers.pop(c.id, None)
         if self._names.get(c.name) == c.id:
             del self._names[c.name]
+        if remove_volumes and self._volumes is not None:
+            self._volumes.remove_unused(mountplan.anonymous_volumes(c.mounts))
         for exec_id in list(c.execs):
             self._execs.pop(exec_id, None)
         self.event(c, "destroy")
@@ -1043,9 +1094,11 @@ class ContainerService:
 
     # ---- attach ----------------------------------------------------------------------------------
 
-    async def attach(self, c: Container, *, stdin: bool, stdout: bool, stderr: bool) -> Any:
-        """An attach session on ``c``'s stdio (``AttachSession``), or None if the container went away
-        first. A container not running yet is attached at its next start, before its process runs."""
+    def attach(self, c: Container, *, stdin: bool, stdout: bool, stderr: bool) -> asyncio.Task:
+        """A task giving an attach session on ``c``'s stdio (``AttachSession``), or None if the container
+        went away first. A container not running yet is attached at its next start, before its process
+        runs: the intent is recorded here, synchronously, so a client that is told "attached" and then
+        starts the container never misses its first output (cancel the task to give up)."""
         if c.state.status == "paused":
             raise errors.Conflict(f"container {c.id} is paused, unpause the container before attach")
         if c.state.status == "restarting":
@@ -1053,9 +1106,13 @@ class ContainerService:
         streams = {"stdin": stdin and bool(c.config.get("OpenStdin")), "stdout": stdout, "stderr": stderr}
         self.event(c, "attach")
         if c.monitor is not None and c.state.status == "running":
-            return await c.monitor.attach(**streams)
+            return asyncio.ensure_future(c.monitor.attach(**streams))
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         c.attach_waiters.append((fut, streams))
+        return asyncio.ensure_future(self._attached_at_start(fut))
+
+    @staticmethod
+    async def _attached_at_start(fut: asyncio.Future) -> Any:
         try:
             return await fut
         finally:

@@ -134,6 +134,10 @@ class EngineConfig:
     group: str | None = None  # the unix sockets' group (default: root's)
     pidfile: Path | None = None  # default: exec_root/engine.pid
     cgroup_parent: str = "/skiff"  # containers' cgroups go under it, in every hierarchy (dockerd's /docker)
+    bridge: str = "skiff0"  # the default network's bridge (--bridge)
+    bip: str = "10.88.0.0/16"  # its subnet; the gateway is its first address (--bip)
+    nft_table: str = "skiff"  # this engine's nftables table (--nft-table)
+    default_address_pool: str = "base=10.89.0.0/16,size=24"  # subnets of networks created without one
     runtime_command: list[str] = field(init=False)
     listen: list[ListenAddress] = field(init=False)
 
@@ -194,10 +198,12 @@ class Engine:
         self.events = EventBus()
         self.images: Any | None = None
         self.containers: Any | None = None
+        self.volumes: Any | None = None
+        self.networks: Any | None = None
         self.id = ""
 
     def _services(self) -> list[Any]:
-        return [s for s in (self.images, self.containers) if s is not None]
+        return [s for s in (self.images, self.volumes, self.networks, self.containers) if s is not None]
 
     async def start(self) -> None:
         """Create the state directories and start the services (images first: containers need them)."""
@@ -211,8 +217,17 @@ class Engine:
         if self.images is not None:
             self.images.on_event = self.events.threadsafe_publisher("image")
         await _call(self.images, "start")
+        # Volumes before containers (their records name volumes); then unmount what no running container uses.
+        self.volumes = _optional_service("skiff.engine.volumes", "VolumeService", self)
+        await _call(self.volumes, "start")
+        # Networks before containers (a container exiting meanwhile detaches); then restore the running ones'.
+        self.networks = _optional_service("skiff.engine.network.service", "NetworkService", self, _network_config(
+            self.config))
+        await _call(self.networks, "start")
         self.containers = _optional_service("skiff.engine.containers", "ContainerService", self)
         await _call(self.containers, "start")
+        await _call(self.networks, "restore")
+        await _call(self.volumes, "reconcile_mounts")
 
     async def stop(self) -> None:
         """End event streams, then stop the services in reverse order. Containers keep running."""
@@ -222,6 +237,13 @@ class Engine:
                 await _call(service, "stop")
             except Exception:
                 log.exception("stopping %s failed", type(service).__name__)
+
+
+def _network_config(config: EngineConfig) -> Any:
+    from skiff.engine.network.service import NetworkConfig
+
+    return NetworkConfig(bridge=config.bridge, bip=config.bip, nft_table=config.nft_table,
+                         default_pools=config.default_address_pool)
 
 
 async def _call(service: Any | None, method: str) -> None:

@@ -225,7 +225,15 @@ class MonitorSpawner:
             os.close(out_w)
             os.close(err_w)
         out = await _read_pipe(out_r, line=True)
-        err = await _read_pipe(err_r, line=False)
+        # Its early stderr matters only when it failed, and is read with a deadline: a process the daemon
+        # forked meanwhile (netlink helpers) may hold a copy of the write end, so EOF may never come.
+        if out.startswith(b"ok "):
+            os.close(err_r)
+            return out, b""
+        try:
+            err = await asyncio.wait_for(_read_pipe(err_r, line=False), 2.0)
+        except TimeoutError:
+            err = b""
         return out, err
 
     async def _restart(self) -> bool:

@@ -79,7 +79,20 @@ def _fork_monitor(sock: _socket.socket, argv: list[str], stdout: int, stderr: in
     os.waitpid(pid, 0)
 
 
+def _die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): the daemon's end of our socket may live on in processes it forked
+    (netlink helpers), so EOF alone cannot tell us it died."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 def serve(fd: int) -> None:
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:
+        os._exit(0)  # the daemon died before we could ask
     os.setsid()  # no terminal signals from the daemon's session; children inherit default dispositions
     os.chdir("/")
     _preload()

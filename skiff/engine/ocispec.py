@@ -21,6 +21,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from skiff.engine import mounts as container_mounts
 from skiff.errors import InvalidArgument
 from skiff.runtime.spec import default_spec
 
@@ -133,8 +134,8 @@ def merge_image_config(config: dict, image_config: dict | None) -> dict:
     for key in ("WorkingDir", "StopSignal"):
         if not merged.get(key):
             merged[key] = image.get(key) or ""
-    if merged.get("Volumes") is None and image.get("Volumes"):
-        merged["Volumes"] = dict(image["Volumes"])
+    if image.get("Volumes"):  # the image's volumes join the user's (an empty map from the CLI included)
+        merged["Volumes"] = {**image["Volumes"], **(merged.get("Volumes") or {})}
     if merged.get("Healthcheck") is None and image.get("Healthcheck"):
         merged["Healthcheck"] = image["Healthcheck"]
     if merged.get("Entrypoint") == [""]:
@@ -234,9 +235,12 @@ def parse_signal(text: str | int) -> int:
 
 
 def build_spec(container_id: str, config: dict, host_config: dict, paths: BundlePaths,
-               options: SpecOptions | None = None, user: dict | None = None) -> dict:
+               options: SpecOptions | None = None, user: dict | None = None,
+               mounts: list[dict] | None = None) -> dict:
     """The OCI spec for one start of the container (``config`` already merged with its image's). ``user`` is
-    ``process.user`` from ``resolve_user``; without it, names are left to the runtime (``parse_user``)."""
+    ``process.user`` from ``resolve_user``; without it, names are left to the runtime (``parse_user``).
+    ``mounts`` are the container's own OCI mounts (binds, volumes, tmpfs: ``skiff.engine.mounts``); without
+    them, those of ``host_config`` that need no volume are used."""
     options = options or SpecOptions()
     privileged = bool(host_config.get("Privileged"))
     spec = default_spec(terminal=bool(config.get("Tty")))
@@ -246,8 +250,11 @@ def build_spec(container_id: str, config: dict, host_config: dict, paths: Bundle
     spec["process"] = _process(config, host_config, caps, options)
     if user is not None:
         spec["process"]["user"] = user
-    spec["mounts"] = _mounts(config, host_config, paths, options)
+    spec["mounts"] = _mounts(config, host_config, paths, options, mounts)
     spec["linux"] = _linux(container_id, host_config, caps, options, paths.joined)
+    propagation = container_mounts.root_propagation(spec["mounts"])
+    if propagation:
+        spec["linux"]["rootfsPropagation"] = propagation
     if _host_mode(host_config.get("UTSMode")):
         del spec["hostname"]  # the host's UTS namespace keeps the host's name
     labels = config.get("Labels") or {}
@@ -432,7 +439,11 @@ def available_capabilities() -> list[str]:
 # ---- mounts
 
 
-def _mounts(config: dict, hc: dict, paths: BundlePaths, options: SpecOptions) -> list[dict]:
+def _mounts(config: dict, hc: dict, paths: BundlePaths, options: SpecOptions, user: list[dict] | None) -> list[dict]:
+    """The default mounts, then (parents first) the /etc files, the init and the container's own mounts; a
+    default the container mounts something else over is left out, as dockerd does."""
+    user = container_mounts.static_mounts(hc) if user is None else user
+    overridden = {m["destination"] for m in user}
     privileged = bool(hc.get("Privileged"))
     mounts = []
     for m in default_spec()["mounts"]:
@@ -440,48 +451,17 @@ def _mounts(config: dict, hc: dict, paths: BundlePaths, options: SpecOptions) ->
             m["options"] = ["nosuid", "noexec", "nodev", "mode=1777", f"size={hc.get('ShmSize') or DEFAULT_SHM_SIZE}"]
         elif m["destination"] in ("/sys", "/sys/fs/cgroup") and privileged:
             m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
-        mounts.append(m)
+        if m["destination"] not in overridden:
+            mounts.append(m)
     writable = "ro" if hc.get("ReadonlyRootfs") else "rw"
-    for dest, source in (("/etc/resolv.conf", paths.resolv_conf), ("/etc/hostname", paths.hostname),
-                         ("/etc/hosts", paths.hosts)):
-        mounts.append({"destination": dest, "type": "bind", "source": source,
-                       "options": ["rbind", "rprivate", writable]})
+    files = [{"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate", writable]}
+             for dest, source in (("/etc/resolv.conf", paths.resolv_conf), ("/etc/hostname", paths.hostname),
+                                  ("/etc/hosts", paths.hosts)) if dest not in overridden]
     if hc.get("Init") and options.init_binary:
-        mounts.append({"destination": INIT_PATH, "type": "bind", "source": options.init_binary,
-                       "options": ["bind", "ro", "nosuid", "nodev"]})
-    mounts += [_tmpfs_mount(dest, opts) for dest, opts in (hc.get("Tmpfs") or {}).items()]
-    mounts += [_bind_mount(b) for b in hc.get("Binds") or []]
-    mounts += [_api_mount(m) for m in hc.get("Mounts") or []]
-    return mounts
-
-
-def _tmpfs_mount(dest: str, options: str) -> dict:
-    opts = ["nosuid", "nodev", "noexec"] + [o for o in (options or "").split(",") if o]
-    return {"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": opts}
-
-
-def _bind_mount(bind: str) -> dict:
-    """``/host:/ctr[:ro|rw,...]``. Named volumes come with the volume service; only host paths here."""
-    parts = bind.split(":")
-    if len(parts) < 2 or not parts[0].startswith("/"):
-        raise InvalidArgument(f"invalid bind {bind!r}: only host-path binds (/src:/dst[:ro]) are supported yet")
-    flags = parts[2].split(",") if len(parts) > 2 else []
-    mode = "ro" if "ro" in flags else "rw"
-    propagation = next((f for f in flags if f in ("private", "rprivate", "shared", "rshared", "slave", "rslave")),
-                       "rprivate")
-    return {"destination": parts[1], "type": "bind", "source": parts[0], "options": ["rbind", propagation, mode]}
-
-
-def _api_mount(m: dict) -> dict:
-    kind = m.get("Type") or "volume"
-    if kind == "bind":
-        mode = "ro" if m.get("ReadOnly") else "rw"
-        return {"destination": m["Target"], "type": "bind", "source": m["Source"],
-                "options": ["rbind", "rprivate", mode]}
-    if kind == "tmpfs":
-        size = (m.get("TmpfsOptions") or {}).get("SizeBytes")
-        return _tmpfs_mount(m["Target"], f"size={size}" if size else "")
-    raise InvalidArgument(f"mount type {kind!r} is not supported yet")
+        files.append({"destination": INIT_PATH, "type": "bind", "source": options.init_binary,
+                      "options": ["bind", "ro", "nosuid", "nodev"]})
+    # One stable sort by depth: a volume on /etc goes under the /etc files, not over them.
+    return mounts + sorted(files + user, key=lambda m: len([p for p in m["destination"].split("/") if p]))
 
 
 # ---- linux

@@ -14,9 +14,12 @@ Each daemon gets short paths under the session's temp dir: a unix socket path mu
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -72,8 +75,109 @@ def request(socket_path: str, method: str, path: str, body: bytes | str | None =
 
 
 def engine_command(data_root: Path, exec_root: Path, socket_path: Path, *extra: str) -> list[str]:
+    """The daemon's command line. Its network flags come first (``extra`` may override them: the last one
+    wins): a session-wide scratch block, so that no test engine ever uses the host-wide defaults."""
     return [sys.executable, "-m", "skiff.cli.main", "engine", "--data-root", str(data_root),
-            "--exec-root", str(exec_root), "-H", f"unix://{socket_path}", *extra]
+            "--exec-root", str(exec_root), "-H", f"unix://{socket_path}", *_scratch_block().flags(), *extra]
+
+
+# ---------------------------------------------------------------------------------------- networks
+
+NET_LOCKS = Path("/tmp/skiff-test-netblocks")  # one file per 10.K.0.0/16 block in use by a live test session
+
+
+@dataclass
+class NetBlock:
+    """A 10.K.0.0/16 block for one test engine: its default bridge (10.K.0.0/24), the pool of networks created
+    without a subnet (10.K.16.0/20) and names of its own (bridge, nftables table) so engines of several test
+    sessions run side by side. Tests give their own networks subnets from 10.K.100.0 up."""
+
+    k: int
+
+    @property
+    def prefix(self) -> str:
+        return f"10.{self.k}"
+
+    @property
+    def bridge(self) -> str:
+        return f"sktb{self.k}"
+
+    @property
+    def nft_table(self) -> str:
+        return f"skiff_test_{self.k}"
+
+    def flags(self) -> list[str]:
+        return ["--bridge", self.bridge, "--bip", f"{self.prefix}.0.1/24", "--nft-table", self.nft_table,
+                "--default-address-pool", f"base={self.prefix}.16.0/20,size=24"]
+
+    def subnet(self, n: int) -> str:
+        """A /24 for a test's own network (n < 100)."""
+        return f"{self.prefix}.{100 + n}.0/24"
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(NET_LOCKS / str(self.k))
+
+
+def _routed_blocks() -> set[int]:
+    out = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True, text=True,
+                         check=False).stdout
+    return {int(m.group(1)) for m in re.finditer(r"(?:^|\s)10\.(\d+)\.\d+\.\d+", out)}
+
+
+def reserve_net_block() -> NetBlock:
+    """A free block: one no route on the host uses and no live test process has claimed (a lock file holding
+    its pid, made with O_EXCL; a dead owner's is taken over)."""
+    NET_LOCKS.mkdir(exist_ok=True)
+    routed = _routed_blocks()
+    for k in range(200, 255):
+        if k in routed:
+            continue
+        path = NET_LOCKS / str(k)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = int(path.read_text().strip() or 0)
+                    os.kill(owner, 0)
+                    break  # a live session has it
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.close(fd)
+            return NetBlock(k)
+    raise RuntimeError("no free 10.K.0.0/16 block for a test engine")
+
+
+_SCRATCH: list[NetBlock] = []
+
+
+def _scratch_block() -> NetBlock:
+    if not _SCRATCH:
+        _SCRATCH.append(reserve_net_block())
+        atexit.register(_SCRATCH[0].release)
+    return _SCRATCH[0]
+
+
+def remove_network_leftovers(engine: EngineProcess) -> None:
+    """After an engine stopped: what its networks may have left in the kernel (a container still running, a
+    crash): sandboxes' namespaces, bridges and the nftables table."""
+    netns_dir = engine.exec_root / "netns"
+    if netns_dir.is_dir():
+        for path in netns_dir.iterdir():
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+            with contextlib.suppress(OSError):
+                path.unlink()
+    bridges = {engine.net.bridge}
+    for record in (engine.data_root / "network" / "networks").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            bridges.add(json.loads(record.read_text()).get("bridge") or "")
+    for name in filter(None, bridges):
+        subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
+    subprocess.run(["nft", "delete", "table", "ip", engine.net.nft_table], capture_output=True, check=False)
 
 
 def _env() -> dict[str, str]:
@@ -83,13 +187,14 @@ def _env() -> dict[str, str]:
 class EngineProcess:
     """A ``skiff engine`` subprocess on its own data root, exec root and socket (all under ``root``)."""
 
-    def __init__(self, root: Path, *extra: str) -> None:
+    def __init__(self, root: Path, *extra: str, net: NetBlock | None = None) -> None:
         self.root = root
         self.data_root = root / "data"
         self.exec_root = root / "exec"
         self.socket = root / "engine.sock"
         self.log = root / "engine.log"
-        self.extra = extra
+        self.net = net or _scratch_block()  # its bridge, subnets and nftables table
+        self.extra = (*self.net.flags(), *extra)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -188,7 +293,7 @@ class Engines:
         """A daemon's directories and command, not started (for tests of start-up itself)."""
         root = self.root / f"e{len(self.started)}"
         root.mkdir()
-        engine = EngineProcess(root, *extra)
+        engine = EngineProcess(root, *extra, net=reserve_net_block())
         self.started.append(engine)
         return engine
 
@@ -199,6 +304,9 @@ class Engines:
         for engine in self.started:
             engine.stop()
         remove_cgroup_parents(cgroup_parents() - self._parents_before)
+        for engine in self.started:
+            remove_network_leftovers(engine)
+            engine.net.release()
 
 
 @pytest.fixture

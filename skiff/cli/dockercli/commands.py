@@ -15,6 +15,7 @@ from typing import Any
 import click
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
 from skiff import __version__
@@ -327,6 +328,43 @@ def _ram_bytes(value: str | None) -> int | None:
         raise StatusError(125, f"invalid argument {value!r}: invalid size: {value!r}") from None
 
 
+_MOUNT_KEYS = {"src": "source", "dst": "target", "destination": "target", "ro": "readonly"}
+
+
+def _mount(spec: str) -> docker.types.Mount:
+    """One ``--mount`` (``type=bind,source=/x,target=/y,readonly,bind-propagation=rslave,volume-label=k=v,
+    tmpfs-size=1m,...``) as docker-py's Mount, as the docker CLI reads it."""
+    fields: dict[str, Any] = {"type": "volume", "labels": {}, "driver_opts": {}}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        key = _MOUNT_KEYS.get(key.strip().lower(), key.strip().lower())
+        if key in ("readonly", "volume-nocopy"):
+            fields[key] = not sep or value.lower() in ("1", "true")
+        elif key == "volume-label":
+            name, _, label = value.partition("=")
+            fields["labels"][name] = label
+        elif key == "volume-opt":
+            name, _, option = value.partition("=")
+            fields["driver_opts"][name] = option
+        elif key in ("type", "source", "target", "bind-propagation", "volume-driver", "tmpfs-size", "tmpfs-mode",
+                     "consistency"):
+            fields[key] = value
+        else:
+            raise StatusError(125, f"invalid argument \"{spec}\" for \"--mount\" flag: unexpected key '{key}' in "
+                                   f"'{item}'")
+    if not fields.get("target"):
+        raise StatusError(125, f"invalid argument \"{spec}\" for \"--mount\" flag: target is required")
+    driver = fields.get("volume-driver")
+    driver_config = docker.types.DriverConfig(driver or "local", fields["driver_opts"]) \
+        if driver or fields["driver_opts"] else None
+    return docker.types.Mount(
+        fields["target"], fields.get("source") or "", type=fields["type"], read_only=fields.get("readonly", False),
+        propagation=fields.get("bind-propagation"), no_copy=fields.get("volume-nocopy", False),
+        labels=fields["labels"] or None, driver_config=driver_config,
+        tmpfs_size=_ram_bytes(fields.get("tmpfs-size")),
+        tmpfs_mode=int(fields["tmpfs-mode"], 8) if fields.get("tmpfs-mode") else None)
+
+
 def _env(values: Iterable[str], env_files: Iterable[str]) -> list[str]:
     env: list[str] = []
     for path in env_files:
@@ -390,7 +428,18 @@ def _create_options(f: Callable) -> Callable:
         click.option("--restart", default=None, help="Restart policy to apply when a container exits"),
         click.option("-p", "--publish", multiple=True, help="Publish a container's port(s) to the host"),
         click.option("-v", "--volume", multiple=True, help="Bind mount a volume"),
+        click.option("--mount", "mounts", multiple=True, help="Attach a filesystem mount to the container"),
+        click.option("--tmpfs", multiple=True, help="Mount a tmpfs directory"),
+        click.option("--volumes-from", multiple=True, help="Mount volumes from the specified container(s)"),
+        click.option("--volume-driver", default=None, help="Optional volume driver for the container"),
         click.option("--network", "--net", "network", default=None, help="Connect a container to a network"),
+        click.option("--network-alias", multiple=True, help="Add network-scoped alias for the container"),
+        click.option("--ip", default=None, help="IPv4 address (e.g., 172.30.100.104)"),
+        click.option("--mac-address", default=None, help="Container MAC address (e.g., 92:d0:c6:0a:29:33)"),
+        click.option("--add-host", multiple=True, help="Add a custom host-to-IP mapping (host:ip)"),
+        click.option("--dns", multiple=True, help="Set custom DNS servers"),
+        click.option("-P", "--publish-all", is_flag=True, help="Publish all exposed ports to random ports"),
+        click.option("--expose", multiple=True, help="Expose a port or a range of ports"),
         click.option("--privileged", is_flag=True, help="Give extended privileges to this container"),
         click.option("--init", is_flag=True, help="Run an init inside the container"),
         click.option("--cap-add", multiple=True, help="Add Linux capabilities"),
@@ -427,14 +476,21 @@ def _create(opts: dict[str, Any], verb: str) -> str:
         ulimits.append({"Name": name, "Soft": int(soft), "Hard": int(hard or soft)})
     memory = _ram_bytes(opts["memory"])
     swap = -1 if opts["memory_swap"] == "-1" else _ram_bytes(opts["memory_swap"])
+    # As docker's: `-v /path` alone is an anonymous volume (Config.Volumes); anything with a source is a bind.
+    binds = [v for v in opts["volume"] if ":" in v]
+    anonymous = [v for v in opts["volume"] if ":" not in v]
     host_config = a.create_host_config(
         auto_remove=opts["auto_remove"], mem_limit=memory, memswap_limit=swap,
         nano_cpus=int(opts["cpus"] * 1e9) if opts["cpus"] else None, cpu_shares=opts["cpu_shares"],
-        pids_limit=opts["pids_limit"], port_bindings=bindings or None, binds=list(opts["volume"]) or None,
+        pids_limit=opts["pids_limit"], port_bindings=bindings or None, binds=binds or None,
+        mounts=[_mount(m) for m in opts["mounts"]] or None, tmpfs=list(opts["tmpfs"]) or None,
+        volumes_from=list(opts["volumes_from"]) or None, volume_driver=opts["volume_driver"],
         network_mode=opts["network"], privileged=opts["privileged"], init=opts["init"] or None,
         cap_add=list(opts["cap_add"]) or None, cap_drop=list(opts["cap_drop"]) or None,
         read_only=opts["read_only"] or None, restart_policy=restart, ulimits=ulimits or None,
-        runtime=opts["runtime"])
+        runtime=opts["runtime"], publish_all_ports=opts["publish_all"] or None,
+        extra_hosts=list(opts["add_host"]) or None, dns=list(opts["dns"]) or None)
+    exposed += [tuple(e.split("/", 1)) if "/" in e else (e, "tcp") for e in opts["expose"]]
     entrypoint = opts["entrypoint"]
     labels = dict(label.partition("=")[::2] for label in opts["label"])
     kwargs = dict(
@@ -442,8 +498,9 @@ def _create(opts: dict[str, Any], verb: str) -> str:
         stdin_open=opts["interactive"], tty=opts["tty"], environment=_env(opts["env"], opts["env_file"]) or None,
         name=opts["name"], entrypoint=[entrypoint] if entrypoint else ([""] if entrypoint == "" else None),
         working_dir=opts["workdir"], labels=labels or None, stop_signal=opts["stop_signal"],
-        stop_timeout=opts["stop_timeout"], ports=exposed or None, host_config=host_config,
-        platform=opts["platform"], detach=bool(opts.get("detach")))
+        stop_timeout=opts["stop_timeout"], ports=exposed or None, host_config=host_config, volumes=anonymous or None,
+        platform=opts["platform"], detach=bool(opts.get("detach")), mac_address=opts["mac_address"],
+        networking_config=_networking_config(a, opts))
     try:
         try:
             created = a.create_container(**kwargs)
@@ -457,6 +514,16 @@ def _create(opts: dict[str, Any], verb: str) -> str:
     for warning in created.get("Warnings") or []:
         click.echo(f"WARNING: {warning}", err=True)
     return created["Id"]
+
+
+def _networking_config(a: docker.APIClient, opts: dict[str, Any]) -> dict | None:
+    """``--network-alias`` and ``--ip`` go in the EndpointsConfig of the ``--network``, as docker sends them."""
+    if not (opts["network_alias"] or opts["ip"]):
+        return None
+    if not opts["network"] or opts["network"] in ("bridge", "default"):
+        raise StatusError(125, "skiff: network-scoped aliases and --ip need a user-defined --network")
+    endpoint = a.create_endpoint_config(aliases=list(opts["network_alias"]) or None, ipv4_address=opts["ip"])
+    return a.create_networking_config({opts["network"]: endpoint})
 
 
 def _canonical(image: str) -> str:
@@ -1282,6 +1349,266 @@ def stats(all_: bool, no_stream: bool, no_trunc: bool, format_: str | None, cont
             time.sleep(1)
         except KeyboardInterrupt:
             return 0
+
+
+# ---- volumes
+
+
+@cli.group(context_settings=CONTEXT)
+def volume() -> None:
+    """Manage volumes."""
+
+
+def _options(values: Iterable[str], what: str) -> dict[str, str]:
+    result = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep and what == "opt":
+            raise StatusError(125, f"invalid argument \"{value}\" for \"-o, --opt\" flag: invalid key value pair "
+                                   "format in driver options")
+        result[key] = rest
+    return result
+
+
+@volume.command(name="create", context_settings=CONTEXT)
+@click.option("-d", "--driver", default="local", show_default=True, help="Specify volume driver name")
+@click.option("-o", "--opt", "opts", multiple=True, help="Set driver specific options")
+@click.option("--label", "labels", multiple=True, help="Set metadata for a volume")
+@click.argument("name", required=False)
+def volume_create(driver: str, opts: tuple[str, ...], labels: tuple[str, ...], name: str | None) -> int:
+    """Create a volume."""
+    try:
+        created = api().create_volume(name, driver, _options(opts, "opt") or None, _options(labels, "label") or None)
+    except docker.errors.APIError as e:
+        raise StatusError(1, daemon_message(e)) from None
+    click.echo(created["Name"])
+    return 0
+
+
+VOLUME_HEADERS = {"Driver": "DRIVER", "Name": "VOLUME NAME", "Mountpoint": "MOUNTPOINT", "Scope": "SCOPE",
+                  "Labels": "LABELS", "CreatedAt": "CREATED AT"}
+
+
+@volume.command(name="ls", context_settings=CONTEXT)
+@click.option("-q", "--quiet", is_flag=True, help="Only display volume names")
+@click.option("-f", "--filter", "filters", multiple=True, help="Provide filter values (e.g. 'dangling=true')")
+@click.option("--format", "format_", default=None, help="Format output using a Go-like template")
+def volume_ls(quiet: bool, filters: tuple[str, ...], format_: str | None) -> int:
+    """List volumes."""
+    try:
+        found = api().volumes(filters=_filters(filters) or None).get("Volumes") or []
+    except docker.errors.APIError as e:
+        raise StatusError(1, daemon_message(e)) from None
+    rows = [{**v, "Labels": ",".join(f"{k}={val}" for k, val in (v.get("Labels") or {}).items())}
+            for v in sorted(found, key=lambda v: v["Name"])]
+    template = "{{.Name}}" if quiet else (format_ or "table {{.Driver}}\t{{.Name}}")
+    out(fmt.render(template, rows, VOLUME_HEADERS))
+    return 0
+
+
+@volume.command(name="inspect", context_settings=CONTEXT)
+@_format_option
+@click.argument("names", nargs=-1, required=True)
+def volume_inspect(format_: str | None, names: tuple[str, ...]) -> int:
+    """Display detailed information on one or more volumes."""
+    found, failed = [], False
+    for name in names:
+        try:
+            found.append(api().inspect_volume(name))
+        except docker.errors.APIError as e:
+            click.echo(daemon_message(e), err=True)
+            failed = True
+    out(fmt.render(format_, found, {}) if format_ else json.dumps(found, indent=4, ensure_ascii=False) + "\n")
+    return 1 if failed else 0
+
+
+@volume.command(name="rm", context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Force the removal of one or more volumes")
+@click.argument("names", nargs=-1, required=True)
+def volume_rm(force: bool, names: tuple[str, ...]) -> int:
+    """Remove one or more volumes."""
+    return each(names, lambda n: _remove_volume(n, force))
+
+
+def _remove_volume(name: str, force: bool) -> None:
+    # docker-py's remove_volume drops ``force`` on the way (it hands the params to _url, which ignores them).
+    a = api()
+    a._raise_for_status(a._delete(a._url("/volumes/{0}", name), params={"force": "1"} if force else None))
+
+
+@volume.command(name="prune", context_settings=CONTEXT)
+@click.option("-a", "--all", "all_", is_flag=True, help="Remove all unused volumes, not just anonymous ones")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
+@click.option("--filter", "filters", multiple=True, help="Provide filter values (e.g. 'label=<label>')")
+def volume_prune(all_: bool, force: bool, filters: tuple[str, ...]) -> int:
+    """Remove unused local volumes."""
+    if not force:
+        click.echo("WARNING! This will remove all local volumes not used by at least one container." if all_ else
+                   "WARNING! This will remove anonymous local volumes not used by at least one container.")
+        if not click.confirm("Are you sure you want to continue?", default=False):
+            return 0
+    f = _filters(filters)
+    if all_:
+        f["all"] = ["true"]
+    result = api().prune_volumes(filters=f or None)
+    if result.get("VolumesDeleted"):
+        click.echo("Deleted Volumes:\n" + "".join(v + "\n" for v in result["VolumesDeleted"]))
+    click.echo(f"Total reclaimed space: {fmt.human_size(result.get('SpaceReclaimed') or 0)}")
+    return 0
+
+
+volume.add_command(volume_ls, "list")
+volume.add_command(volume_rm, "remove")
+
+
+# ---- networks
+
+
+@cli.group(context_settings=CONTEXT)
+def network() -> None:
+    """Manage networks."""
+
+
+@network.command(name="create", context_settings=CONTEXT)
+@click.option("-d", "--driver", default="bridge", show_default=True, help="Driver to manage the Network")
+@click.option("--subnet", default=None, help="Subnet in CIDR format that represents a network segment")
+@click.option("--gateway", default=None, help="IPv4 Gateway for the master subnet")
+@click.option("--ip-range", default=None, help="Allocate container ip from a sub-range")
+@click.option("--internal", is_flag=True, help="Restrict external access to the network")
+@click.option("--attachable", is_flag=True, help="Enable manual container attachment")
+@click.option("--label", "labels", multiple=True, help="Set metadata on a network")
+@click.option("-o", "--opt", "opts", multiple=True, help="Set driver specific options")
+@click.argument("name")
+def network_create(driver: str, subnet: str | None, gateway: str | None, ip_range: str | None, internal: bool,
+                   attachable: bool, labels: tuple[str, ...], opts: tuple[str, ...], name: str) -> int:
+    """Create a network."""
+    ipam = None
+    if subnet or gateway or ip_range:
+        pool = docker.types.IPAMPool(subnet=subnet, gateway=gateway, iprange=ip_range)
+        ipam = docker.types.IPAMConfig(pool_configs=[pool])
+    try:
+        created = api().create_network(name, driver=driver, options=_options(opts, "opt") or None, ipam=ipam,
+                                       internal=internal, attachable=attachable or None,
+                                       labels=_options(labels, "label") or None)
+    except docker.errors.APIError as e:
+        raise StatusError(1, f"Error response from daemon: {daemon_message(e)}") from None
+    click.echo(created["Id"])
+    return 0
+
+
+NETWORK_HEADERS = {"ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER", "Scope": "SCOPE", "Internal": "INTERNAL",
+                   "Labels": "LABELS", "CreatedAt": "CREATED AT"}
+
+
+@network.command(name="ls", context_settings=CONTEXT)
+@click.option("-q", "--quiet", is_flag=True, help="Only display network IDs")
+@click.option("-f", "--filter", "filters", multiple=True, help="Provide filter values (e.g. 'driver=bridge')")
+@click.option("--format", "format_", default=None, help="Format output using a Go-like template")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate the output")
+def network_ls(quiet: bool, filters: tuple[str, ...], format_: str | None, no_trunc: bool) -> int:
+    """List networks."""
+    try:
+        found = api().networks(filters=_filters(filters) or None)
+    except docker.errors.APIError as e:
+        raise StatusError(1, f"Error response from daemon: {daemon_message(e)}") from None
+    rows = [{**n, "ID": n["Id"] if no_trunc else n["Id"][:12], "Internal": str(n.get("Internal", False)).lower(),
+             "Labels": ",".join(f"{k}={v}" for k, v in (n.get("Labels") or {}).items()),
+             "CreatedAt": n.get("Created", "")} for n in sorted(found, key=lambda n: n["Name"])]
+    template = "{{.ID}}" if quiet else (format_ or "table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}")
+    out(fmt.render(template, rows, NETWORK_HEADERS))
+    return 0
+
+
+@network.command(name="inspect", context_settings=CONTEXT)
+@_format_option
+@click.argument("names", nargs=-1, required=True)
+def network_inspect(format_: str | None, names: tuple[str, ...]) -> int:
+    """Display detailed information on one or more networks."""
+    found, failed = [], False
+    for name in names:
+        try:
+            found.append(api().inspect_network(name))
+        except docker.errors.APIError as e:
+            click.echo(f"Error response from daemon: {daemon_message(e)}", err=True)
+            failed = True
+    out(fmt.render(format_, found, {}) if format_ else json.dumps(found, indent=4, ensure_ascii=False) + "\n")
+    return 1 if failed else 0
+
+
+@network.command(name="rm", context_settings=CONTEXT)
+@click.argument("names", nargs=-1, required=True)
+def network_rm(names: tuple[str, ...]) -> int:
+    """Remove one or more networks."""
+    return each(names, lambda n: api().remove_network(n))
+
+
+@network.command(name="connect", context_settings=CONTEXT)
+@click.option("--alias", "aliases", multiple=True, help="Add network-scoped alias for the container")
+@click.option("--ip", default=None, help="IPv4 address (e.g., 172.30.100.104)")
+@click.argument("network_name")
+@click.argument("container_name")
+def network_connect(aliases: tuple[str, ...], ip: str | None, network_name: str, container_name: str) -> int:
+    """Connect a container to a network."""
+    try:
+        api().connect_container_to_network(container_name, network_name, aliases=list(aliases) or None,
+                                           ipv4_address=ip)
+    except docker.errors.APIError as e:
+        raise StatusError(1, f"Error response from daemon: {daemon_message(e)}") from None
+    return 0
+
+
+@network.command(name="disconnect", context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Force the container to disconnect from a network")
+@click.argument("network_name")
+@click.argument("container_name")
+def network_disconnect(force: bool, network_name: str, container_name: str) -> int:
+    """Disconnect a container from a network."""
+    try:
+        api().disconnect_container_from_network(container_name, network_name, force=force)
+    except docker.errors.APIError as e:
+        raise StatusError(1, f"Error response from daemon: {daemon_message(e)}") from None
+    return 0
+
+
+@network.command(name="prune", context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
+@click.option("--filter", "filters", multiple=True, help="Provide filter values (e.g. 'until=<timestamp>')")
+def network_prune(force: bool, filters: tuple[str, ...]) -> int:
+    """Remove all unused networks."""
+    if not force:
+        click.echo("WARNING! This will remove all custom networks not used by at least one container.")
+        if not click.confirm("Are you sure you want to continue?", default=False):
+            return 0
+    result = api().prune_networks(filters=_filters(filters) or None)
+    if result.get("NetworksDeleted"):
+        click.echo("Deleted Networks:\n" + "".join(n + "\n" for n in result["NetworksDeleted"]))
+    return 0
+
+
+network.add_command(network_ls, "list")
+network.add_command(network_rm, "remove")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("container_name")
+@click.argument("private_port", required=False)
+def port(container_name: str, private_port: str | None) -> int:
+    """List port mappings or a specific mapping for the container."""
+    try:
+        ports = api().inspect_container(container_name)["NetworkSettings"].get("Ports") or {}
+    except docker.errors.APIError as e:
+        raise StatusError(1, f"Error response from daemon: {daemon_message(e)}") from None
+    if private_port is not None:
+        key = private_port if "/" in private_port else f"{private_port}/tcp"
+        bindings = ports.get(key)
+        if not bindings:
+            raise StatusError(1, f"Error: No public port '{key}' published for {container_name}")
+        out("".join(f"{b['HostIp']}:{b['HostPort']}\n" for b in bindings))
+        return 0
+    lines = [f"{key} -> {b['HostIp']}:{b['HostPort']}" for key, bindings in sorted(ports.items())
+             for b in bindings or []]
+    out("".join(line + "\n" for line in lines))
+    return 0
 
 
 # ---- system

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from skiff import errors
+from skiff.engine import mounts as container_mounts
 from skiff.engine.api.common import (
     MULTIPLEXED_STREAM,
     RAW_STREAM,
@@ -138,20 +139,30 @@ def networks_doc(c: Container) -> dict:
     return {name: endpoint}
 
 
+def network_settings(svc: ContainerService, c: Container) -> dict:
+    """Docker's ``NetworkSettings``: from the network service (addresses, ports, sandbox) when the engine has
+    one, else the configured networks without addresses."""
+    networks = getattr(svc.engine, "networks", None)
+    if networks is not None:
+        return networks.settings(c)
+    return {
+        "Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {}, "HairpinMode": False,
+        "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0, "SecondaryIPAddresses": None,
+        "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
+        "Networks": networks_doc(c),
+    }
+
+
+def ports_summary(svc: ContainerService, c: Container) -> list[dict]:
+    """``docker ps``'s Ports (published with their host side, exposed alone)."""
+    networks = getattr(svc.engine, "networks", None)
+    return networks.ports_summary(c) if networks is not None else []
+
+
 def mounts_doc(c: Container) -> list[dict]:
-    """Docker's ``Mounts`` for host-path binds (``-v /src:/dst[:ro]`` and ``--mount type=bind``)."""
-    mounts = []
-    for bind in c.host_config.get("Binds") or []:
-        parts = bind.split(":")
-        if len(parts) >= 2 and parts[0].startswith("/"):
-            mode = parts[2] if len(parts) > 2 else ""
-            mounts.append({"Type": "bind", "Source": parts[0], "Destination": parts[1], "Mode": mode,
-                           "RW": "ro" not in mode.split(","), "Propagation": "rprivate"})
-    for m in c.host_config.get("Mounts") or []:
-        if m.get("Type") == "bind":
-            mounts.append({"Type": "bind", "Source": m.get("Source", ""), "Destination": m.get("Target", ""),
-                           "Mode": "", "RW": not m.get("ReadOnly"), "Propagation": "rprivate"})
-    return mounts
+    """Docker's ``Mounts``: the container's mount points (binds, volumes, tmpfs mounts)."""
+    return container_mounts.mounts_doc(c.mounts)
 
 
 def inspect_doc(svc: ContainerService, c: Container, size: bool = False) -> dict:
@@ -171,13 +182,7 @@ def inspect_doc(svc: ContainerService, c: Container, size: bool = False) -> dict
         "GraphDriver": {"Name": "overlay2", "Data": {"MergedDir": svc.rootfs_dir(c)}},
         "Mounts": mounts_doc(c),
         "Config": {**_DEFAULT_CONFIG, **c.config},
-        "NetworkSettings": {
-            "Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {}, "HairpinMode": False,
-            "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0, "SecondaryIPAddresses": None,
-            "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
-            "Networks": networks_doc(c),
-        },
+        "NetworkSettings": network_settings(svc, c),
     }
     if size:
         doc["SizeRw"], doc["SizeRootFs"] = sizes(svc, c)
@@ -198,10 +203,10 @@ def summary_doc(svc: ContainerService, c: Container, size: bool = False) -> dict
     """One entry of ``GET /containers/json``."""
     doc = {
         "Id": c.id, "Names": [c.name], "Image": c.config.get("Image") or c.image_id, "ImageID": c.image_id,
-        "Command": command_text(c), "Created": int(c.created), "Ports": [],
+        "Command": command_text(c), "Created": int(c.created), "Ports": ports_summary(svc, c),
         "Labels": c.config.get("Labels") or {}, "State": "removing" if c.removing else c.state.status,
         "Status": status_text(c), "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode") or "default"},
-        "NetworkSettings": {"Networks": networks_doc(c)}, "Mounts": mounts_doc(c),
+        "NetworkSettings": {"Networks": network_settings(svc, c)["Networks"]}, "Mounts": mounts_doc(c),
     }
     if size:
         doc["SizeRw"], doc["SizeRootFs"] = sizes(svc, c)
@@ -249,7 +254,8 @@ class ListFilter:
                 and all(c.created < t for t in self.before) and all(c.created > t for t in self.since)
                 and (not self.images or any(c.image_id == i or c.config.get("Image") == i for i in self.images))
                 and labels_match(c.config.get("Labels") or {}, f.get("label", []))
-                and (not f.get("network") or network_name(c) in f["network"])
+                and (not f.get("network") or bool({network_name(c), *(c.networking_config.get("EndpointsConfig")
+                                                                       or {})} & set(f["network"])))
                 and self._features(c))
 
     def _features(self, c: Container) -> bool:
@@ -257,7 +263,7 @@ class ListFilter:
         f = self.filters
         ports = set(c.config.get("ExposedPorts") or {})
         exposed = ports | {p.split("/")[0] for p in ports}
-        mounts = {x for m in mounts_doc(c) for x in (m["Source"], m["Destination"])}
+        mounts = {x for m in mounts_doc(c) for x in (m.get("Name"), m["Source"], m["Destination"]) if x}
         return ((not f.get("health") or "none" in f["health"])
                 and (not f.get("publish"))
                 and (not f.get("expose") or any(p in exposed for p in f["expose"]))
@@ -504,7 +510,8 @@ class ContainerRoutes(ServiceRoutes):
         return web.Response(status=204)
 
     async def remove(self, request: web.Request) -> web.Response:
-        await self.svc.remove(request.match_info["id"], force=query_bool(request, "force"))
+        await self.svc.remove(request.match_info["id"], force=query_bool(request, "force"),
+                              remove_volumes=query_bool(request, "v"))
         return web.Response(status=204)
 
     async def pause(self, request: web.Request) -> web.Response:
@@ -590,25 +597,36 @@ class ContainerRoutes(ServiceRoutes):
         c = self._get(request)
         stdin, stdout, stderr = (query_bool(request, k) for k in ("stdin", "stdout", "stderr"))
         detach_keys = parse_detach_keys(request.query.get("detachKeys"))
-        raw = await hijack(request)
+        # Attached before the 101 goes out: the client may start the container the moment it reads it.
+        pending = self.svc.attach(c, stdin=stdin, stdout=stdout, stderr=stderr) \
+            if query_bool(request, "stream") else None
+        try:
+            raw = await hijack(request)
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+            raise
         tty = bool(c.config.get("Tty"))
         wanted = {0: True, 1: stdout, 2: stderr}
-        if query_bool(request, "logs"):
-            async for stream, data in _safe_logs(read_logs(self.svc.log_path(c))):
-                if wanted.get(stream):
-                    await raw.write(data if tty else frame(stream, data))
-        if query_bool(request, "stream"):
-            # As dockerd: the detach keys are looked for in a terminal's input only (piped data may hold them).
-            await self._attach_stream(request, raw, c, stdin=stdin, stdout=stdout, stderr=stderr,
-                                      detach_keys=detach_keys if stdin and tty else None)
+        try:
+            if query_bool(request, "logs"):
+                async for stream, data in _safe_logs(read_logs(self.svc.log_path(c))):
+                    if wanted.get(stream):
+                        await raw.write(data if tty else frame(stream, data))
+            if pending is not None:
+                # As dockerd: detach keys are looked for in a terminal's input only (piped data may hold them).
+                await self._attach_stream(request, raw, c, pending, stdin=stdin, stdout=stdout, stderr=stderr,
+                                          detach_keys=detach_keys if stdin and tty else None)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
         await raw.close()
         return raw
 
-    async def _attach_stream(self, request: web.Request, raw: RawStream, c: Container, *, stdin: bool,
-                             stdout: bool, stderr: bool, detach_keys: bytes | None) -> None:
+    async def _attach_stream(self, request: web.Request, raw: RawStream, c: Container, pending: asyncio.Task, *,
+                             stdin: bool, stdout: bool, stderr: bool, detach_keys: bytes | None) -> None:
         try:
-            session = await unless_disconnected(request, self.svc.attach(c, stdin=stdin, stdout=stdout,
-                                                                         stderr=stderr))
+            session = await unless_disconnected(request, pending)
         except ConnectionResetError:
             return
         if session is None:

@@ -1,0 +1,303 @@
+"""The embedded DNS resolver of containers on user-defined networks (Docker's 127.0.0.11).
+
+For each such container the daemon opens a UDP and a TCP socket on 127.0.0.11:53 *inside* the container's
+network namespace (from a thread that enters it, see ``sandbox``) and serves them from its event loop. It
+answers A and PTR queries for the containers that share a network with the asker (names, short ids,
+network aliases, ``name.network``; several containers with one alias are all returned, shuffled: the
+round robin) and forwards every other query to the upstream servers (the container's ``--dns`` or the
+host's resolv.conf) from the host's namespace. Reverse queries for loopback and for our subnets are
+answered here and never forwarded.
+
+The wire format is the small part of RFC 1035 a stub resolver needs; no caching (answers change as
+containers come and go).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from skiff.engine.network import sandbox
+
+log = logging.getLogger(__name__)
+
+ADDRESS = "127.0.0.11"
+PORT = 53
+TTL = 600
+FORWARD_TIMEOUT = 3.0
+TYPE_A, TYPE_PTR, TYPE_AAAA = 1, 12, 28
+CLASS_IN = 1
+NOERROR, SERVFAIL, NXDOMAIN, NOTIMP = 0, 2, 3, 4
+
+# (asker's container id, lower-case name without the final dot) -> addresses; None: not one of ours
+Lookup = Callable[[str, str], list[str] | None]
+# (asker's container id, address) -> a name; None: not one of ours
+Reverse = Callable[[str, str], str | None]
+
+
+@dataclass(frozen=True)
+class Query:
+    id: int
+    flags: int
+    name: str
+    qtype: int
+    qclass: int
+    question: bytes  # the question section as received, echoed in the answer
+
+
+class MalformedQuery(ValueError):
+    pass
+
+
+def parse_query(data: bytes) -> Query:
+    if len(data) < 12:
+        raise MalformedQuery("short header")
+    qid, flags, qdcount = struct.unpack_from(">HHH", data)
+    if qdcount != 1 or flags & 0x8000:
+        raise MalformedQuery("not a single-question query")
+    labels, offset = [], 12
+    while True:
+        if offset >= len(data):
+            raise MalformedQuery("truncated name")
+        length = data[offset]
+        offset += 1
+        if length == 0:
+            break
+        if length & 0xC0:
+            raise MalformedQuery("compressed question name")
+        labels.append(data[offset:offset + length].decode("ascii", errors="replace"))
+        offset += length
+    if offset + 4 > len(data):
+        raise MalformedQuery("truncated question")
+    qtype, qclass = struct.unpack_from(">HH", data, offset)
+    return Query(qid, flags, ".".join(labels).lower(), qtype, qclass, data[12:offset + 4])
+
+
+def encode_name(name: str) -> bytes:
+    out = b""
+    for label in name.rstrip(".").split("."):
+        if label:
+            raw = label.encode("ascii", errors="replace")[:63]
+            out += bytes([len(raw)]) + raw
+    return out + b"\x00"
+
+
+def build_answer(query: Query, rcode: int, records: list[tuple[int, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+    """A response to ``query``: ``records`` are (type, rdata) for the question's name."""
+    flags = 0x8000 | (query.flags & 0x7900) | 0x0080 | 0x0400 | rcode  # QR, opcode+RD kept, RA, AA
+    out = struct.pack(">HHHHHH", query.id, flags, 1, len(records), 0, 0) + query.question
+    for rtype, rdata in records:
+        out += struct.pack(">HHHIH", 0xC00C, rtype, CLASS_IN, TTL, len(rdata)) + rdata
+    return out
+
+
+def reverse_address(name: str) -> str | None:
+    """``4.3.2.1.in-addr.arpa`` -> ``1.2.3.4``."""
+    suffix = ".in-addr.arpa"
+    if not name.endswith(suffix):
+        return None
+    parts = name[: -len(suffix)].split(".")
+    if len(parts) != 4:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(".".join(reversed(parts))))
+    except ValueError:
+        return None
+
+
+class Resolver:
+    """The answering logic, shared by every container's server."""
+
+    def __init__(self, lookup: Lookup, reverse: Reverse, local_subnets: Callable[[], list[ipaddress.IPv4Network]]
+                 ) -> None:
+        self.lookup = lookup
+        self.reverse = reverse
+        self.local_subnets = local_subnets
+
+    def answer_locally(self, asker: str, query: Query) -> bytes | None:
+        """The answer, or None when the query must be forwarded."""
+        if query.qclass != CLASS_IN:
+            return None
+        if query.qtype == TYPE_PTR:
+            address = reverse_address(query.name)
+            if address is None:
+                return None
+            name = self.reverse(asker, address)
+            if name is not None:
+                return build_answer(query, NOERROR, [(TYPE_PTR, encode_name(name))])
+            ip = ipaddress.IPv4Address(address)
+            if ip.is_loopback or any(ip in subnet for subnet in self.local_subnets()):
+                return build_answer(query, NXDOMAIN)
+            return None
+        addresses = self.lookup(asker, query.name)
+        if addresses is None:
+            return None
+        if query.qtype != TYPE_A:
+            return build_answer(query, NOERROR)  # the name is ours, it just has no such record
+        shuffled = random.sample(addresses, len(addresses))
+        return build_answer(query, NOERROR, [(TYPE_A, socket.inet_aton(a)) for a in shuffled])
+
+
+class DnsServer:
+    """127.0.0.11:53 (UDP and TCP) in one container's namespace."""
+
+    def __init__(self, container_id: str, netns_path: str, resolver: Resolver, upstreams: list[str],
+                 forward: bool) -> None:
+        self.container_id = container_id
+        self.netns_path = netns_path
+        self.resolver = resolver
+        self.upstreams = upstreams
+        self.forward = forward
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        udp, tcp = await sandbox.on_own_thread_async(lambda: sandbox.enter(self.netns_path, _open_sockets))
+        loop = asyncio.get_running_loop()
+        try:
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpServer(self), sock=udp)
+            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
+
+    async def handle(self, data: bytes, tcp: bool = False) -> bytes | None:
+        try:
+            query = parse_query(data)
+        except MalformedQuery:
+            return None
+        local = self.resolver.answer_locally(self.container_id, query)
+        if local is not None:
+            return local
+        if not self.forward or not self.upstreams:
+            return build_answer(query, SERVFAIL)
+        answer = await (_forward_tcp if tcp else _forward_udp)(data, self.upstreams)
+        return answer if answer is not None else build_answer(query, SERVFAIL)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                size = struct.unpack(">H", await reader.readexactly(2))[0]
+                answer = await self.handle(await reader.readexactly(size), tcp=True)
+                if answer is None:
+                    break
+                writer.write(struct.pack(">H", len(answer)) + answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+
+def _open_sockets() -> tuple[socket.socket, socket.socket]:
+    """Run inside the container's namespace: the two listening sockets of 127.0.0.11:53."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        udp.bind((ADDRESS, PORT))
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((ADDRESS, PORT))
+        tcp.listen(64)
+    except BaseException:
+        udp.close()
+        tcp.close()
+        raise
+    udp.setblocking(False)
+    tcp.setblocking(False)
+    return udp, tcp
+
+
+class _UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+        self.replies: set[asyncio.Task] = set()  # queries being answered (forwarding takes a while)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        task = asyncio.ensure_future(self._reply(data, addr))
+        self.replies.add(task)
+        task.add_done_callback(self.replies.discard)
+
+    async def _reply(self, data: bytes, addr: tuple[str, int]) -> None:
+        answer = await self.server.handle(data)
+        if answer is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(answer, addr)
+
+
+class _OneShot(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+
+async def _forward_udp(data: bytes, upstreams: list[str]) -> bytes | None:
+    loop = asyncio.get_running_loop()
+    for server in upstreams:
+        transport, protocol = await loop.create_datagram_endpoint(_OneShot, remote_addr=(server, PORT))
+        try:
+            transport.sendto(data)
+            return await asyncio.wait_for(protocol.answer, FORWARD_TIMEOUT)
+        except (TimeoutError, OSError):
+            continue
+        finally:
+            transport.close()
+    return None
+
+
+async def _forward_tcp(data: bytes, upstreams: list[str]) -> bytes | None:
+    for server in upstreams:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(server, PORT), FORWARD_TIMEOUT)
+        except (TimeoutError, OSError):
+            continue
+        try:
+            writer.write(struct.pack(">H", len(data)) + data)
+            size = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), FORWARD_TIMEOUT))[0]
+            return await asyncio.wait_for(reader.readexactly(size), FORWARD_TIMEOUT)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            continue
+        finally:
+            writer.close()
+    return None
+
+
+def upstream_servers(resolv_conf_text: str, explicit: list[str]) -> list[str]:
+    """Where forwarded queries go: ``--dns`` servers, else the host's (IPv4) nameservers."""
+    if explicit:
+        return [s for s in explicit if _ipv4(s)]
+    servers = []
+    for line in resolv_conf_text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver" and _ipv4(parts[1]):
+            servers.append(parts[1])
+    return servers
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        return False
