@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from skiff import errors
+from skiff.engine.filters import labels_match, pattern_match
 
 log = logging.getLogger(__name__)
 
@@ -148,27 +149,6 @@ def _is_true(value: str, key: str) -> bool:
     if lowered in ("0", "false"):
         return False
     raise errors.InvalidArgument(f"invalid filter '{key}={value}'")
-
-
-def labels_match(labels: dict[str, str], wanted: Iterable[str]) -> bool:
-    """Every ``key`` or ``key=value`` of ``wanted`` holds (dockerd's MatchKVList)."""
-    for item in wanted:
-        key, sep, value = item.partition("=")
-        if key not in labels or (sep and labels[key] != value):
-            return False
-    return True
-
-
-def _name_matches(patterns: list[str], name: str) -> bool:
-    """dockerd matches ``name`` filters as regular expressions searched in the name."""
-    for pattern in patterns:
-        try:
-            if re.search(pattern, name):
-                return True
-        except re.error:
-            if pattern in name:
-                return True
-    return False
 
 
 class VolumeService:
@@ -336,7 +316,7 @@ class VolumeService:
         dangling = {_is_true(v, "dangling") for v in filters.get("dangling", [])}
         found = []
         for volume in sorted(self._volumes.values(), key=lambda v: v.name):
-            if filters.get("name") and not _name_matches(filters["name"], volume.name):
+            if filters.get("name") and not pattern_match(filters["name"], volume.name):
                 continue
             if filters.get("driver") and volume.driver not in filters["driver"]:
                 continue

@@ -44,6 +44,7 @@ from skiff.engine.containers import (
     ContainerService,
     system_cpu_usage,
 )
+from skiff.engine.filters import labels_match, pattern_match
 from skiff.engine.logs import read_logs
 from skiff.engine.ocispec import MASKED_PATHS, READONLY_PATHS
 from skiff.units import human_duration
@@ -248,7 +249,7 @@ class ListFilter:
 
     def __call__(self, c: Container) -> bool:
         f = self.filters
-        return (_any_match(f.get("id"), c.id) and _any_match(f.get("name"), c.name)
+        return (pattern_match(f.get("id"), c.id) and pattern_match(f.get("name"), c.name)
                 and (not f.get("status") or ("removing" if c.removing else c.state.status) in f["status"])
                 and (not self.exited or (c.state.status == "exited" and c.state.exit_code in self.exited))
                 and all(c.created < t for t in self.before) and all(c.created > t for t in self.since)
@@ -270,28 +271,6 @@ class ListFilter:
                 and (not f.get("volume") or any(v in mounts for v in f["volume"]))
                 and (not f.get("is-task") or "false" in f["is-task"])
                 and (not f.get("isolation") or "default" in f["isolation"]))
-
-
-def _any_match(patterns: list[str] | None, value: str) -> bool:
-    """dockerd matches id and name filters as regular expressions searched in the value."""
-    if not patterns:
-        return True
-    for pattern in patterns:
-        try:
-            if re.search(pattern, value):
-                return True
-        except re.error:
-            if pattern in value:
-                return True
-    return False
-
-
-def labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
-    for item in wanted:
-        key, sep, value = item.partition("=")
-        if key not in labels or (sep and labels[key] != value):
-            return False
-    return True
 
 
 # ---- stats

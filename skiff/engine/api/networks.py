@@ -9,7 +9,6 @@ error maps to that here, every other error through the common middleware.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from skiff import errors
 from skiff.engine.api.common import error_response, json_response, parse_filters, read_json, rfc3339_nano
+from skiff.engine.filters import labels_match, pattern_match
 from skiff.engine.network import Forbidden
 from skiff.engine.network.service import Network, NetworkService
 
@@ -43,27 +43,6 @@ def network_doc(svc: NetworkService, net: Network, with_containers: bool = True)
     }
 
 
-def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
-    for item in wanted:
-        key, sep, value = item.partition("=")
-        if key not in labels or (sep and labels[key] != value):
-            return False
-    return True
-
-
-def _search(patterns: list[str] | None, value: str) -> bool:
-    if not patterns:
-        return True
-    for pattern in patterns:
-        try:
-            if re.search(pattern, value):
-                return True
-        except re.error:
-            if pattern in value:
-                return True
-    return False
-
-
 def list_filter(svc: NetworkService, filters: dict[str, list[str]]) -> Callable[[Network], bool]:
     """dockerd's network filters: keys AND, values of one key OR."""
     for kind in filters.get("type", []):
@@ -76,11 +55,11 @@ def list_filter(svc: NetworkService, filters: dict[str, list[str]]) -> Callable[
 
     def match(net: Network) -> bool:
         in_use = bool(svc.endpoints_of(net)) or net.predefined
-        return (_search(filters.get("name"), net.name) and _search(filters.get("id"), net.id)
+        return (pattern_match(filters.get("name"), net.name) and pattern_match(filters.get("id"), net.id)
                 and (not filters.get("driver") or net.driver in filters["driver"])
                 and (not filters.get("scope") or "local" in filters["scope"])
                 and (not filters.get("type") or ("builtin" if net.predefined else "custom") in filters["type"])
-                and _labels_match(net.labels, filters.get("label", []))
+                and labels_match(net.labels, filters.get("label", []))
                 and (not dangling or any((v in ("true", "1")) != in_use for v in dangling)))
 
     return match
@@ -148,8 +127,8 @@ class NetworkRoutes:
         until = [point_in_time(v) for v in filters.get("until", [])]
 
         def keep(net: Network) -> bool:
-            return (any(net.created >= t for t in until) or not _labels_match(net.labels, filters.get("label", []))
-                    or any(_labels_match(net.labels, [v]) for v in filters.get("label!", [])))
+            return (any(net.created >= t for t in until) or not labels_match(net.labels, filters.get("label", []))
+                    or any(labels_match(net.labels, [v]) for v in filters.get("label!", [])))
 
         removed = await self.svc.prune(keep)
         return json_response({"NetworksDeleted": removed or None})
