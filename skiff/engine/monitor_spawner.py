@@ -40,10 +40,52 @@ def _preload() -> None:
     import skiff.runtime.seccomp
     import skiff.runtime.spec
 
+    skiff.engine.monitor.prctl_function()
     try:
         skiff.runtime.seccomp._lib()  # dlopen libseccomp once, here, rather than in every monitor
     except Exception:
         pass
+
+
+def _malloc_stats() -> dict[int, int]:
+    """Free blocks per pymalloc size class {block size: count}, from ``sys._debugmallocstats`` (which
+    prints to the C stderr: read through a pipe put in its place for the call)."""
+    read_end, write_end = os.pipe()
+    saved = os.dup(2)
+    try:
+        os.dup2(write_end, 2)
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        text = f.read().decode()
+    free: dict[int, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 5 and fields[0].isdigit():
+            free[int(fields[1])] = int(fields[4])
+    return free
+
+
+def _fill_free_blocks() -> list[object]:
+    """Objects that take every free block of the pools in use, kept for the spawner's life.
+
+    What a forked monitor allocates would otherwise land in those free blocks, one here and one there
+    across the inherited heap, and each one copies a whole page from the spawner. With the holes filled
+    the child's allocations start new pools and share their pages with each other: about 0.3 MiB less
+    per monitor, for a few hundred KiB once in the spawner.
+    """
+    filler: list[object] = []
+    for size, count in _malloc_stats().items():
+        if size <= 16:
+            filler.extend(object() for _ in range(count))
+        elif size <= 32:
+            filler.extend(float(i) + 0.5 for i in range(count))
+        else:  # a bytes object of length n asks for n + 33 bytes: aim at the top of this class
+            filler.extend(bytes(size - 33) for _ in range(count))
+    return filler
 
 
 def _receive(sock: _socket.socket) -> tuple[list[str], list[int]] | None:
@@ -97,6 +139,7 @@ def serve(fd: int) -> None:
     os.chdir("/")
     _preload()
     gc.collect()
+    filler = _fill_free_blocks()  # noqa: F841 (kept alive until the spawner exits)
     gc.freeze()  # everything so far moves to the permanent generation: never scanned, never written
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, fd)
     sock.send(b"ready")
