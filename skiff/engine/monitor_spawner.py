@@ -22,6 +22,7 @@ import array
 import gc
 import os
 import sys
+import tempfile
 
 _MAX_REQUEST = 64 << 10
 
@@ -41,6 +42,8 @@ def _preload() -> None:
     import skiff.runtime.spec
 
     skiff.engine.monitor.prctl_function()
+    with tempfile.TemporaryDirectory(prefix="skiff-monitor-rehearsal-") as scratch:
+        skiff.engine.monitor.rehearse(scratch)
     try:
         skiff.runtime.seccomp._lib()  # dlopen libseccomp once, here, rather than in every monitor
     except Exception:
