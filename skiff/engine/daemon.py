@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from skiff.atomicfile import write_atomically
 from skiff.engine.events import EventBus
 from skiff.errors import Conflict, InvalidArgument
 
@@ -262,19 +263,8 @@ def _engine_id(data_root: Path) -> str:
     except FileNotFoundError:
         pass
     value = str(uuid.uuid4())
-    _write_atomically(path, value + "\n")
+    write_atomically(path, f"{value}\n".encode())
     return value
-
-
-def _write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------- host resources
@@ -389,7 +379,7 @@ class Daemon:
             lock.acquire()
         assert self.config.pidfile is not None
         self.config.pidfile.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
-        _write_atomically(self.config.pidfile, f"{os.getpid()}\n")
+        write_atomically(self.config.pidfile, f"{os.getpid()}\n".encode())
         self._wrote_pidfile = True
 
     async def _serve(self) -> None:

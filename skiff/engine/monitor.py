@@ -73,6 +73,7 @@ import termios
 import time
 from _json import encode_basestring
 
+from skiff.atomicfile import write_atomically
 from skiff.engine.logs import STDERR, STDOUT, JsonFileWriter, format_time, parse_size
 
 TYPE_CHECKING = False  # typing itself costs the monitor milliseconds
@@ -117,18 +118,6 @@ def _json(fields: dict[str, object]) -> bytes:
             text = encode_basestring(str(value))
         parts.append(f'"{key}":{text}')
     return ("{" + ",".join(parts) + "}").encode()
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Temp file + rename. No fsync: the state dir is under the exec root (/run), whose files describe
-    processes that a power loss ends anyway."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _exit_code(status: int) -> int:
@@ -426,7 +415,7 @@ class LibraryRuntime(CommandRuntime):
         def create() -> None:
             warm_attach_lock()  # its child comes to our reaper when this one exits
             st = self._runtime().create(self.mon.opts.container_id, self.mon.opts.bundle, None, console_socket)
-            _write_atomically(pid_file, str(st.pid).encode())
+            write_atomically(pid_file, str(st.pid).encode(), durable=False)
 
         self._call_in_child(create, done, stdio)
 
@@ -1224,7 +1213,8 @@ class ContainerMonitor:
             print(f"monitor: runtime delete: {message}", file=sys.stderr)
         self.exit = {**self._exit, "started_at": self.started_at}
         self.state = "exited"
-        _write_atomically(os.path.join(self.opts.state_dir, EXIT_FILE), _json(self.exit) + b"\n")
+        # No fsync: the state dir is under the exec root (/run), describing processes a power loss ends.
+        write_atomically(os.path.join(self.opts.state_dir, EXIT_FILE), _json(self.exit) + b"\n", durable=False)
         self._stop_serving()  # whoever learns of the exit finds the exit file and no socket
         for client in self.waiters:
             client.reply(**self.exit)

@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from skiff import errors
+from skiff.atomicfile import fsync_dir, write_atomically
 from skiff.engine.filters import labels_match, pattern_match
 
 log = logging.getLogger(__name__)
@@ -95,21 +96,6 @@ def created_at(ts: float) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def directory_size(path: str) -> int:
@@ -196,7 +182,7 @@ class VolumeService:
             return None
 
     def _save(self, volume: Volume) -> None:
-        _write_atomic(os.path.join(self.root, volume.name, METADATA), json.dumps(volume.record()).encode())
+        write_atomically(os.path.join(self.root, volume.name, METADATA), json.dumps(volume.record()).encode())
 
     def reconcile_mounts(self) -> None:
         """After a restart: unmount driver-backed volumes that no running container uses any more (their
@@ -281,7 +267,7 @@ class VolumeService:
                         options=options)
         os.makedirs(volume.mountpoint, mode=0o755, exist_ok=True)
         self._save(volume)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._volumes[name] = volume
         self.engine.events.publish("volume", "create", name, {"driver": driver})
         return volume

@@ -12,6 +12,7 @@ import os
 import time
 
 from skiff import errors
+from skiff.atomicfile import write_atomically
 from skiff.runtime import init, state, sync
 from skiff.runtime.cgroups import DEFAULT_DEVICE_RULES, Cgroup
 from skiff.runtime.spec import load_bundle, root_path, validate_process
@@ -123,7 +124,7 @@ class Runtime:
             self._spawn_init(st, spec, cgroup, console_socket, _console, preserve_fds)
             st.save()
             if pid_file:
-                state.write_atomically(os.path.abspath(pid_file), str(st.pid).encode(), 0o644)
+                write_atomically(os.path.abspath(pid_file), str(st.pid).encode(), durable=False)
         except BaseException:
             self._abort(st, cgroup)
             raise
@@ -302,7 +303,7 @@ class Runtime:
         finally:
             parent.close()
         if pid_file:
-            state.write_atomically(os.path.abspath(pid_file), str(pid).encode(), 0o644)
+            write_atomically(os.path.abspath(pid_file), str(pid).encode(), durable=False)
         if detach:
             return 0
         master = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from skiff.atomicfile import write_atomically
 from skiff.errors import AlreadyExists, InvalidArgument, NotFound
 from skiff.runtime import quickjson
 
@@ -24,22 +25,6 @@ def check_id(container_id: str) -> None:
     valid = bool(container_id) and all(c.isalnum() or c in _ID_PUNCTUATION for c in container_id)
     if not valid or container_id in (".", ".."):
         raise InvalidArgument(f"invalid container id {container_id!r}")
-
-
-def write_atomically(path: str, data: bytes, mode: int = 0o600, durable: bool = False) -> None:
-    """Write via a temp file and rename, so a reader sees the old or the new file, never half.
-
-    Not fsync'd unless ``durable``: runtime state lives under /run (as runc's does) and describes
-    processes, which a power loss ends anyway; an fsync here cost 5-15 ms of every container start."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
 
 
 def process_start_time(pid: int) -> int | None:
@@ -81,7 +66,10 @@ class ContainerState:
 
     def save(self, durable: bool = False) -> None:
         record = {name: getattr(self, name) for name in self._FIELDS}
-        write_atomically(os.path.join(self.dir, "state.json"), quickjson.dumps(record).encode(), durable=durable)
+        # Not fsync'd unless asked: runtime state lives under /run (as runc's does) and describes processes,
+        # which a power loss ends anyway; an fsync here cost 5-15 ms of every container start.
+        write_atomically(os.path.join(self.dir, "state.json"), quickjson.dumps(record).encode(), mode=0o600,
+                         durable=durable)
 
     @classmethod
     def load(cls, root: str, container_id: str) -> ContainerState:

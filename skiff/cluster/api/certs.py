@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +22,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from skiff.atomicfile import write_atomically
+
 VALIDITY = datetime.timedelta(days=3650)
 ADMIN_USER, ADMIN_GROUP = "system:admin", "system:masters"
 NODE_GROUP = "system:nodes"
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Temp file + fsync + rename: a crash leaves the old file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -106,8 +95,8 @@ class ClusterPKI:
                                              decipher_only=False), critical=True)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
                 .sign(key, hashes.SHA256()))
-        write_atomically(self.ca.key_path, _key_pem(key))
-        write_atomically(self.ca.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomically(self.ca.key_path, _key_pem(key), mode=0o600)
+        write_atomically(self.ca.cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
     def _issue(self, pair: KeyPair, subject: x509.Name, server_hosts: list[str] | None = None) -> None:
         ca_key = serialization.load_pem_private_key(self.ca.key_pem(), None)
@@ -123,8 +112,8 @@ class ClusterPKI:
         if server_hosts is not None:
             builder = builder.add_extension(x509.SubjectAlternativeName(_san(server_hosts)), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-        write_atomically(pair.key_path, _key_pem(key))
-        write_atomically(pair.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomically(pair.key_path, _key_pem(key), mode=0o600)
+        write_atomically(pair.cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
     def _serving_names_cover(self, hosts: list[str]) -> bool:
         if not (self.serving.cert_path.exists() and self.serving.key_path.exists()):
@@ -178,4 +167,5 @@ def write_kubeconfig(path: Path, server_url: str, pki: ClusterPKI, node: str | N
     """The admin's kubeconfig, or with ``node`` the node agent's (its own certificate, in system:nodes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     client = pki.admin if node is None else pki.node_credentials(node)
-    write_atomically(path, kubeconfig(server_url, pki.ca, client, "admin" if node is None else f"node-{node}"))
+    write_atomically(path, kubeconfig(server_url, pki.ca, client, "admin" if node is None else f"node-{node}"),
+                     mode=0o600)

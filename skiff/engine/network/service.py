@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from skiff import errors
+from skiff.atomicfile import write_atomically
 from skiff.engine.network import Forbidden, bridge, dns, ipam, nft, proxy, sandbox
 
 log = logging.getLogger(__name__)
@@ -162,15 +163,6 @@ class Sandbox:
 
     def primary(self) -> Endpoint | None:
         return self.endpoints[0] if self.endpoints else None
-
-
-def _write_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _new_id() -> str:
@@ -518,7 +510,7 @@ class NetworkService:
         return os.path.join(self.networks_dir, f"{net.id}.json")
 
     def _save_network(self, net: Network) -> None:
-        _write_atomic(self._network_path(net), net.record())
+        write_atomically(self._network_path(net), json.dumps(net.record()).encode())
 
     def _event(self, net: Network, action: str, **extra: str) -> None:
         self.engine.events.publish("network", action, net.id, {"name": net.name, "type": net.driver, **extra})
@@ -762,7 +754,7 @@ class NetworkService:
         return os.path.join(self.sandboxes_dir, f"{sb.container_id}.json")
 
     def _save_sandbox(self, sb: Sandbox) -> None:
-        _write_atomic(self._sandbox_path(sb), sb.record())
+        write_atomically(self._sandbox_path(sb), json.dumps(sb.record()).encode())
 
     # ---- connect and disconnect -------------------------------------------------------------------
 
