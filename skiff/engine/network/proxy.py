@@ -20,7 +20,6 @@ from skiff import errors
 log = logging.getLogger(__name__)
 
 UDP_IDLE = 90.0  # seconds a UDP flow lives without traffic (the kernel's conntrack default for streams)
-BUFFER = 1 << 16
 
 
 def bind(proto: str, host_ip: str, host_port: int) -> socket.socket:
@@ -54,40 +53,22 @@ class PortProxy:
         self.port = sock.getsockname()[1]
         self._server: asyncio.AbstractServer | None = None
         self._udp: _UdpRelay | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._relays: set[_TcpSide] = set()  # the client side of every live TCP connection
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.proto == "tcp":
-            self._server = await asyncio.start_server(self._relay_tcp, sock=self.sock)
+            self._server = await loop.create_server(lambda: _TcpSide(self), sock=self.sock)
         else:
             relay = _UdpRelay(self.target)
             await loop.create_datagram_endpoint(lambda: relay, sock=self.sock)
             self._udp = relay
 
-    async def _relay_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            try:
-                up_reader, up_writer = await asyncio.open_connection(*self.target)
-            except OSError as e:
-                log.debug("proxy to %s:%s: %s", *self.target, e)
-                return
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
-            up_writer.close()
-        finally:
-            writer.close()
-            if task is not None:
-                self._tasks.discard(task)
-
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for side in list(self._relays):
+                side.abort()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
         if self._udp is not None:
@@ -95,15 +76,79 @@ class PortProxy:
         self.sock.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(BUFFER):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()  # pass the half-close on: the other side may still answer
-    except (ConnectionError, OSError):
-        writer.close()
+class _TcpSide(asyncio.Protocol):
+    """One side of a relayed TCP connection, as a protocol on the event loop's transports: what arrives is
+    written straight to the other side's transport (no stream objects or task switches per chunk: a relay
+    on streams moved less than half the bytes). Flow control: while the other side's write buffer is full,
+    this side stops reading. A half-close is passed on; the connection ends when both sides have ended."""
+
+    def __init__(self, proxy: PortProxy | None, peer: _TcpSide | None = None) -> None:
+        self.proxy = proxy  # set on the client side only
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.ended = False  # no more data from this side (EOF or closed)
+        self._opening: asyncio.Future | None = None
+
+    # the client side: open the upstream connection first, reading nothing meanwhile
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.proxy is not None:
+            self.proxy._relays.add(self)
+            self.transport.pause_reading()
+            self._opening = asyncio.ensure_future(self._open_upstream())
+
+    async def _open_upstream(self) -> None:
+        assert self.proxy is not None and self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            _, upstream = await loop.create_connection(lambda: _TcpSide(None, self), *self.proxy.target)
+        except OSError as e:
+            log.debug("proxy to %s:%s: %s", *self.proxy.target, e)
+            self.abort()
+            return
+        self.peer = upstream
+        if self.transport.is_closing():
+            upstream.abort()
+        else:
+            self.transport.resume_reading()
+
+    # relaying
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        peer = self.peer
+        if peer is None or peer.transport is None or peer.ended:
+            return False  # both directions are done: close
+        if peer.transport.can_write_eof():
+            peer.transport.write_eof()  # pass the half-close on: the other side may still answer
+        return True
+
+    def pause_writing(self) -> None:  # our transport's buffer is full: stop reading the side that fills it
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.transport.is_closing():
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        if self.proxy is not None:
+            self.proxy._relays.discard(self)
+        if self.peer is not None and self.peer.transport is not None:
+            if exc is None:
+                self.peer.transport.close()  # what it still has buffered is sent first
+            else:
+                self.peer.transport.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class _UdpRelay(asyncio.DatagramProtocol):
