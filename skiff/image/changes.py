@@ -11,7 +11,7 @@ import json
 import posixpath
 import re
 import signal
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from skiff.errors import InvalidArgument
 
@@ -144,7 +144,7 @@ def _do_entrypoint(state: _ChangeState, rest: str, flags: list[str], line: str) 
 def _key_values(rest: str, keyword: str, env: dict[str, str]) -> list[tuple[str, str]]:
     """``k=v k2="v 2"`` or the legacy ``k v w`` form of ENV and LABEL, expanded against ``env``."""
     _require(rest, keyword)
-    words = _split_words(rest)
+    words = split_words(rest)
     if "=" not in words[0]:
         parts = rest.split(None, 1)
         if len(parts) < 2:
@@ -331,22 +331,31 @@ _DISPATCH: dict[str, Callable[[_ChangeState, str, list[str], str], None]] = {
 }
 
 
-# Word splitting and expansion as Dockerfile instructions do it (buildkit's shell lexer, the subset
-# that matters for configs: quotes, escapes, $VAR, ${VAR}, ${VAR:-x} ${VAR-x} ${VAR:+x} ${VAR+x} ${VAR:?x}).
+# Word splitting and expansion as Dockerfile instructions do it: the rules of buildkit's shell lexer
+# (quotes, escapes, $VAR, ${VAR}, ${VAR:-x} ${VAR-x} ${VAR:+x} ${VAR+x} ${VAR:?x} ${VAR?x}, ${VAR#p}
+# ${VAR##p} ${VAR%p} ${VAR%%p}, ${VAR/p/r} ${VAR//p/r}). The Dockerfile parser (skiff.build) uses these
+# with its escape token; ``docker commit --change`` uses them with the default one.
 
 
-def _split_words(rest: str) -> list[str]:
-    """Split on unquoted whitespace, keeping quotes and escapes in the words (Docker's parseWords)."""
-    words, current, quote, i, in_word = [], [], "", 0, False
+def split_words(rest: str, escape: str = "\\") -> list[str]:
+    """Split on unquoted whitespace, keeping quotes and escapes in the words (Docker's parseWords).
+
+    An escape token at the very end of the text is dropped; inside single quotes nothing is escaped.
+    """
+    words: list[str] = []
+    current: list[str] = []
+    quote, in_word, i = "", False, 0
     while i < len(rest):
         ch = rest[i]
         if not quote and ch.isspace():
             if in_word:
                 words.append("".join(current))
             current, in_word = [], False
-        elif ch == "\\" and quote != "'" and i + 1 < len(rest):
-            current += [ch, rest[i + 1]]
-            in_word, i = True, i + 1
+        elif ch == escape and quote != "'":
+            if i + 1 < len(rest):
+                current += [ch, rest[i + 1]]
+                i += 1
+            in_word = True
         else:
             if ch in "'\"" and (not quote or ch == quote):
                 quote = "" if quote else ch
@@ -358,32 +367,83 @@ def _split_words(rest: str) -> list[str]:
     return words
 
 
-def expand_word(word: str, env: dict[str, str]) -> str:
-    """One word with quotes removed and variables expanded (buildkit's ProcessWord)."""
-    return "".join(ch for ch, _ in _Expander(word, env).run())
+def expand_word(word: str, env: Mapping[str, str], *, escape: str = "\\", keep_unset: bool = False) -> str:
+    """One word with quotes removed and variables expanded (buildkit's ProcessWord).
+
+    With ``keep_unset`` a reference to an unset variable is left as written (``$X``, ``${X:-d}``)
+    instead of expanding to the empty string or its default.
+    """
+    return ShellLexer(escape, keep_unset=keep_unset).process(word, env)[0]
 
 
-def expand_words(word: str, env: dict[str, str]) -> list[str]:
+def expand_words(word: str, env: Mapping[str, str], *, escape: str = "\\", keep_unset: bool = False) -> list[str]:
     """Like ``expand_word`` but split on unquoted whitespace, also inside expanded values (ProcessWords)."""
-    words, current, started = [], [], False
-    for ch, quoted in _Expander(word, env).run():
-        if ch.isspace() and not quoted:
-            if started:
-                words.append("".join(current))
-            current, started = [], False
-        else:
-            current.append(ch)
-            started = True
-    if started:
-        words.append("".join(current))
-    return words
+    return ShellLexer(escape, keep_unset=keep_unset).process(word, env)[1]
 
 
-class _Expander:
-    """A tiny recursive-descent lexer yielding (character, was_quoted) pairs."""
+class ShellLexer:
+    """buildkit's shell-word lexer: expands variables and removes quotes, giving the word and its words.
 
-    def __init__(self, text: str, env: dict[str, str]) -> None:
-        self.text, self.pos, self.env = text, 0, env
+    ``raw_quotes`` and ``raw_escapes`` keep quote characters and escape tokens in the output; the
+    Dockerfile parser uses them to find heredoc markers without altering them. With ``process_quotes``
+    off, quotes are ordinary characters (how heredoc bodies are expanded).
+    """
+
+    def __init__(self, escape: str = "\\", *, keep_unset: bool = False, raw_quotes: bool = False,
+                 raw_escapes: bool = False, process_quotes: bool = True) -> None:
+        self.escape, self.keep_unset, self.raw_quotes, self.raw_escapes = escape, keep_unset, raw_quotes, raw_escapes
+        self.specials = "$<'\"" if process_quotes else "$<"
+
+    def process(self, text: str, env: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+        """(the word, the words) of ``text`` expanded against ``env``; errors name the text as Docker does."""
+        try:
+            return _LexState(self, text, env or {}).scan("", self.raw_escapes)
+        except _LexError as exc:
+            raise InvalidArgument(f"failed to process {json.dumps(text, ensure_ascii=False)}: {exc}") from None
+
+
+class _LexError(Exception):
+    """A syntax error inside one word; ShellLexer.process names the word."""
+
+
+class _Words:
+    """Collects the whitespace-separated words of an expansion; quoted or escaped characters never split."""
+
+    def __init__(self) -> None:
+        self.words: list[str] = []
+        self.buf: list[str] = []
+        self.in_word = False
+
+    def add_char(self, ch: str) -> None:
+        if not ch.isspace():
+            self.add_raw(ch)
+        elif self.in_word and any(self.buf):
+            self.words.append("".join(self.buf))
+            self.buf, self.in_word = [], False
+
+    def add_text(self, text: str) -> None:
+        for ch in text:
+            self.add_char(ch)
+
+    def add_raw(self, text: str) -> None:
+        self.buf.append(text)
+        self.in_word = True
+
+    def done(self) -> list[str]:
+        if "".join(self.buf):
+            self.words.append("".join(self.buf))
+        return self.words
+
+
+_SPECIAL_PARAMS = "@*#?-$!0"
+
+
+class _LexState:
+    """One pass of the lexer over ``text``: a recursive-descent scanner."""
+
+    def __init__(self, lexer: ShellLexer, text: str, env: Mapping[str, str]) -> None:
+        self.lexer, self.text, self.env, self.pos = lexer, text, env, 0
+        self.raw_escapes = lexer.raw_escapes
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -393,80 +453,210 @@ class _Expander:
         self.pos += 1
         return ch
 
-    def run(self, stop: str = "") -> list[tuple[str, bool]]:
-        out: list[tuple[str, bool]] = []
-        while self.pos < len(self.text) and self.peek() != stop:
-            ch = self.take()
-            if ch == "'":
-                out += [(c, True) for c in self._single_quoted()]
-            elif ch == '"':
-                out += self._double_quoted()
-            elif ch == "\\":
-                if self.pos < len(self.text):
-                    out.append((self.take(), True))
-            elif ch == "$":
-                out += [(c, False) for c in self._dollar()]
+    def scan(self, stop: str, raw_escapes: bool) -> tuple[str, list[str]]:
+        """Up to ``stop`` (consumed) or the end of the text: the expanded text and its words."""
+        saved, self.raw_escapes = self.raw_escapes, raw_escapes
+        try:
+            return self._scan(stop)
+        finally:
+            self.raw_escapes = saved
+
+    def _scan(self, stop: str) -> tuple[str, list[str]]:
+        result: list[str] = []
+        words = _Words()
+        while self.pos < len(self.text):
+            ch = self.peek()
+            if stop and ch == stop:
+                self.pos += 1
+                return "".join(result), words.done()
+            if ch == "$":
+                value = self._dollar()
+                words.add_text(value)
+            elif ch in self.lexer.specials:
+                value = {"'": self._single_quoted, '"': self._double_quoted, "<": self._maybe_heredoc}[ch]()
+                words.add_raw(value)
             else:
-                out.append((ch, False))
-        return out
+                value = self.take()
+                if value == self.lexer.escape:
+                    if self.raw_escapes:
+                        words.add_raw(value)
+                        result.append(value)
+                    if self.pos >= len(self.text):
+                        break  # an escape token at the end of the word is dropped
+                    value = self.take()
+                    words.add_raw(value)
+                else:
+                    words.add_char(value)
+            result.append(value)
+        if stop:
+            raise _LexError(f"unexpected end of statement while looking for matching {stop}")
+        return "".join(result), words.done()
 
     def _single_quoted(self) -> str:
+        self.pos += 1
         end = self.text.find("'", self.pos)
         if end < 0:
-            raise InvalidArgument("unexpected end of statement while looking for matching single-quote")
+            raise _LexError("unexpected end of statement while looking for matching single-quote")
         value, self.pos = self.text[self.pos:end], end + 1
-        return value
+        return f"'{value}'" if self.lexer.raw_quotes else value
 
-    def _double_quoted(self) -> list[tuple[str, bool]]:
-        out = []
+    def _double_quoted(self) -> str:
+        self.pos += 1
+        out = ['"'] if self.lexer.raw_quotes else []
         while True:
-            if self.pos >= len(self.text):
-                raise InvalidArgument("unexpected end of statement while looking for matching double-quote")
-            ch = self.take()
+            ch = self.peek()
+            if not ch:
+                raise _LexError("unexpected end of statement while looking for matching double-quote")
             if ch == '"':
-                return out
-            if ch == "\\" and self.peek() in ('"', "$", "\\"):
-                out.append((self.take(), True))
-            elif ch == "$":
-                out += [(c, True) for c in self._dollar()]
-            else:
-                out.append((ch, True))
+                self.pos += 1
+                if self.lexer.raw_quotes:
+                    out.append(ch)
+                return "".join(out)
+            if ch == "$":
+                out.append(self._dollar())
+                continue
+            self.pos += 1
+            if ch == self.lexer.escape:
+                if self.raw_escapes:
+                    out.append(ch)
+                if not self.peek():
+                    continue  # the loop then reports the missing quote
+                if self.peek() in ('"', "$", self.lexer.escape):
+                    ch = self.take()
+            out.append(ch)
 
-    def _dollar(self) -> str:
-        if self.peek() != "{":
-            name = self._name()
-            return self.env.get(name, "") if name else "$"
-        self.take()
-        name = self._name()
-        if not name:
-            raise InvalidArgument(f"bad substitution in {self.text!r}")
-        if self.peek() == "}":
-            self.take()
-            return self.env.get(name, "")
-        return self._modifier(name)
-
-    def _modifier(self, name: str) -> str:
-        colon = self.peek() == ":"
-        if colon:
-            self.take()
-        op = self.take()
-        if op not in "-+?":
-            raise InvalidArgument(f"unsupported modifier ({op}) in substitution in {self.text!r}")
-        word = "".join(ch for ch, _ in self.run(stop="}"))
-        if self.take() != "}":
-            raise InvalidArgument(f"missing '}}' in {self.text!r}")
-        is_set = name in self.env and (not colon or self.env[name] != "")
-        if op == "-":
-            return self.env[name] if is_set else word
-        if op == "+":
-            return word if is_set else ""
-        if not is_set:
-            raise InvalidArgument(f"{name}: {word or 'is not allowed to be unset'}")
-        return self.env[name]
+    def _maybe_heredoc(self) -> str:
+        """``<<`` plus the blanks after it stay one raw piece, so ``<< EOF`` is one word."""
+        self.pos += 1
+        if self.peek() != "<":
+            return "<"
+        self.pos += 1
+        start = self.pos
+        while self.peek() and self.peek() in " \t\r":
+            self.pos += 1
+        return "<<" + self.text[start:self.pos]
 
     def _name(self) -> str:
-        match = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]").match(self.text, self.pos)
-        if not match:
-            return ""
-        self.pos = match.end()
-        return match.group()
+        ch = self.peek()
+        if ch.isdigit():
+            start = self.pos
+            while self.peek().isdigit():
+                self.pos += 1
+            return self.text[start:self.pos]
+        if ch and ch in _SPECIAL_PARAMS:
+            return self.take()
+        start = self.pos
+        while self.peek() and (self.peek().isalnum() or self.peek() == "_"):
+            self.pos += 1
+        return self.text[start:self.pos]
+
+    def _lookup(self, name: str) -> str | None:
+        return self.env.get(name)
+
+    def _dollar(self) -> str:
+        self.pos += 1
+        if self.peek() != "{":
+            name = self._name()
+            if not name:
+                return "$"
+            value = self._lookup(name)
+            if value is None:
+                return f"${name}" if self.lexer.keep_unset else ""
+            return value
+        self.pos += 1
+        if not self.peek():
+            raise _LexError("syntax error: missing '}'")
+        if self.peek() in "{}:":
+            raise _LexError("syntax error: bad substitution")
+        name = self._name()
+        op = self.take()
+        if op == "}":
+            value = self._lookup(name)
+            if value is None:
+                return f"${{{name}}}" if self.lexer.keep_unset else ""
+            return value
+        if not op:
+            raise _LexError("syntax error: missing '}'")
+        if op == "/":
+            return self._replace(name)
+        colon = op == ":"
+        if colon:
+            op = self.take()
+        if not op or op not in "+-?#%" or (colon and op in "#%"):
+            raise _LexError(f"unsupported modifier ({':' if colon else ''}{op}) in substitution")
+        word = self._scan_to("}", raw_escapes=op in "#%")
+        value = self._lookup(name)
+        if value is None and self.lexer.keep_unset:
+            return f"${{{name}{':' if colon else ''}{op}{word}}}"
+        return self._apply(name, value, colon, op, word)
+
+    def _scan_to(self, stop: str, *, raw_escapes: bool) -> str:
+        try:
+            return self.scan(stop, raw_escapes)[0]
+        except _LexError:
+            if not self.peek():
+                raise _LexError(f"syntax error: missing '{stop}'" + (" in ${}" if stop == "/" else "")) from None
+            raise
+
+    def _apply(self, name: str, value: str | None, colon: bool, op: str, word: str) -> str:
+        is_set = value is not None and (not colon or value != "")
+        if op == "-":
+            return value if is_set and value is not None else word
+        if op == "+":
+            return word if is_set else ""
+        if op == "?":
+            if value is None:
+                raise _LexError(f"{name}: {word or 'is not allowed to be unset'}")
+            if not is_set:
+                raise _LexError(f"{name}: {word or 'is not allowed to be empty'}")
+            return value
+        greedy = word.startswith(op)
+        return _trim(value or "", word[1:] if greedy else word, suffix=op == "%", greedy=greedy)
+
+    def _replace(self, name: str) -> str:
+        replace_all = self.peek() == "/"
+        if replace_all:
+            self.pos += 1
+        pattern = self._scan_to("/", raw_escapes=True)
+        replacement = self._scan_to("}", raw_escapes=True)
+        value = self._lookup(name)
+        if value is None and self.lexer.keep_unset:
+            return f"${{{name}/{pattern}/{replacement}}}"
+        regex = _shell_pattern(pattern, greedy=True)
+        return regex.sub(lambda _: replacement, value or "", count=0 if replace_all else 1)
+
+
+def _shell_pattern(pattern: str, *, greedy: bool) -> re.Pattern[str]:
+    """A ``${VAR#pattern}``-style glob (``*``, ``?``, ``\\`` escapes; no brackets) as a regex."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "*":
+            out.append(".*" if greedy else ".*?")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "\\":
+            nxt = pattern[i + 1] if i + 1 < len(pattern) else ""
+            if nxt in ("}", "/") and nxt:
+                i += 1
+                continue  # the escape only protected the ${} syntax; the next round adds the character
+            if nxt not in ("*", "?", "\\"):
+                raise _LexError(f"invalid pattern ({pattern}) in substitution: invalid escape '\\{nxt}'")
+            out.append(re.escape(nxt))
+            i += 1
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _trim(value: str, pattern: str, *, suffix: bool, greedy: bool) -> str:
+    """``${VAR#p}`` / ``${VAR##p}`` (prefix) and ``${VAR%p}`` / ``${VAR%%p}`` (suffix) trimming."""
+    regex = _shell_pattern(pattern, greedy=greedy)
+    cuts = range(len(value), -1, -1) if greedy else range(len(value) + 1)
+    for cut in cuts:
+        if suffix and regex.fullmatch(value, len(value) - cut):
+            return value[:len(value) - cut]
+        if not suffix and regex.fullmatch(value, 0, cut):
+            return value[cut:]
+    return value
