@@ -136,12 +136,27 @@ def merge_image_config(config: dict, image_config: dict | None) -> dict:
             merged[key] = image.get(key) or ""
     if image.get("Volumes"):  # the image's volumes join the user's (an empty map from the CLI included)
         merged["Volumes"] = {**image["Volumes"], **(merged.get("Volumes") or {})}
-    if merged.get("Healthcheck") is None and image.get("Healthcheck"):
-        merged["Healthcheck"] = image["Healthcheck"]
+    if image.get("Healthcheck"):
+        merged["Healthcheck"] = _merge_healthcheck(merged.get("Healthcheck"), image["Healthcheck"])
     if merged.get("Entrypoint") == [""]:
         merged["Entrypoint"] = None
     if not merged.get("Entrypoint") and not merged.get("Cmd"):
         raise InvalidArgument("No command specified")
+    return merged
+
+
+def _merge_healthcheck(user: dict | None, image: dict) -> dict:
+    """dockerd's: without a Healthcheck of the user's the image's applies; with one, each field the user left
+    unset (no Test, a zero duration or retry count) comes from the image's (``--health-retries 5`` alone
+    keeps the image's test)."""
+    if user is None:
+        return image
+    merged = dict(user)
+    if not merged.get("Test"):
+        merged["Test"] = image.get("Test")
+    for key in ("Interval", "Timeout", "StartPeriod", "StartInterval", "Retries"):
+        if not merged.get(key) and image.get(key):
+            merged[key] = image[key]
     return merged
 
 

@@ -79,6 +79,20 @@ def test_labels_merge_user_wins() -> None:
     assert ocispec.stop_signal(merged) == 3
 
 
+IMAGE_HEALTH = {"Test": ["CMD-SHELL", "check"], "Interval": 30_000_000_000, "Retries": 3}
+
+
+@pytest.mark.parametrize(("user", "expected"), [
+    (None, IMAGE_HEALTH),  # the image's applies
+    ({"Retries": 5}, {**IMAGE_HEALTH, "Retries": 5}),  # --health-retries alone keeps the image's test
+    ({"Test": ["CMD", "other"], "Interval": 0}, {**IMAGE_HEALTH, "Test": ["CMD", "other"]}),
+    ({"Test": ["NONE"]}, {**IMAGE_HEALTH, "Test": ["NONE"]}),  # --no-healthcheck wins
+])
+def test_healthcheck_fields_fill_in_from_the_image(user: dict | None, expected: dict) -> None:
+    config = {"Cmd": ["x"], **({"Healthcheck": user} if user is not None else {})}
+    assert ocispec.merge_image_config(config, {**IMAGE, "Healthcheck": IMAGE_HEALTH})["Healthcheck"] == expected
+
+
 @pytest.mark.parametrize(("user", "expected"), [
     ("", {"uid": 0, "gid": 0}),
     ("1000", {"uid": 1000, "gid": 0, "username": "1000"}),
