@@ -34,8 +34,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
 from skiff import errors
+from skiff.atomicfile import write_atomically
 from skiff.engine import mounts as mountplan
 from skiff.engine import ocispec
+from skiff.engine.health import HealthChecks
 from skiff.engine.logs import parse_time
 from skiff.engine.monitor_client import ExitStatus, Monitor, MonitorSpawner
 
@@ -90,6 +92,7 @@ class Container:
     manually_stopped: bool = False
     has_been_started: bool = False
     mounts: list[dict] = field(default_factory=list)  # its mount points, planned at create (engine.mounts)
+    health: dict | None = None  # Docker's State.Health, while it has a health check (engine.health)
     # ---- live only, never persisted
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     monitor: Monitor | None = field(default=None, repr=False)
@@ -104,7 +107,7 @@ class Container:
     execs: dict[str, Exec] = field(default_factory=dict, repr=False)
 
     _PERSISTED = ("id", "name", "created", "image_id", "config", "host_config", "networking_config",
-                  "restart_count", "manually_stopped", "has_been_started", "mounts")
+                  "restart_count", "manually_stopped", "has_been_started", "mounts", "health")
 
     def record(self) -> dict:
         data = {k: getattr(self, k) for k in self._PERSISTED}
@@ -171,20 +174,6 @@ def new_id() -> str:
 # --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
-    """Temp file + fsync + rename: a crash leaves the old file or the new one, never a torn one.
-
-    ``durable=False`` skips the fsync, for files every start writes anew (the bundle, /etc/hosts, ...):
-    after a crash they are rewritten before anything reads them, and each fsync costs milliseconds."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def start_error_exit_code(message: str) -> int:
@@ -256,6 +245,7 @@ class ContainerService:
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
         self._spawner = MonitorSpawner()
+        self.health = HealthChecks(self)
 
     # ---- daemon start and stop ------------------------------------------------------------------
 
@@ -307,6 +297,8 @@ class ContainerService:
                 if c.state.status == "restarting":
                     c.state.status = "running"
                 self._spawn(self._watch(c, monitor))
+                if c.state.status == "running":
+                    self.health.started(c)
                 return
             await self._settle_lost(c)
         else:
@@ -426,7 +418,7 @@ class ContainerService:
 
     def _save(self, c: Container) -> None:
         if c.id in self._containers and not c.removing:
-            write_atomic(os.path.join(self.container_dir(c), RECORD), json.dumps(c.record()).encode())
+            write_atomically(os.path.join(self.container_dir(c), RECORD), json.dumps(c.record()).encode())
 
     # ---- events -------------------------------------------------------------------------------------
 
@@ -579,6 +571,7 @@ class ContainerService:
         self._save(c)
         self.event(c, "start")
         c.watcher = self._spawn(self._watch(c, monitor))
+        self.health.started(c)
 
     async def _launch(self, c: Container) -> Monitor:
         log_opts = (c.host_config.get("LogConfig") or {}).get("Config") or None
@@ -642,7 +635,7 @@ class ContainerService:
                 lambda path: _secure_join(rootfs, path), not c.has_been_started)
             spec = ocispec.build_spec(c.id, c.config, c.host_config, paths, self.spec_options, user, own_mounts)
             os.makedirs(self._bundle_dir(c), exist_ok=True)
-            write_atomic(os.path.join(self._bundle_dir(c), "config.json"), json.dumps(spec).encode(), durable=False)
+            write_atomically(os.path.join(self._bundle_dir(c), "config.json"), json.dumps(spec).encode(), durable=False)
             shutil.rmtree(self._state_dir(c), ignore_errors=True)  # a previous run's monitor state
         except BaseException:
             await self._release_rootfs(c)
@@ -687,12 +680,12 @@ class ContainerService:
         if network_of is not None:
             other = self.get(network_of)
             for name in ("hostname", "hosts", "resolv.conf"):
-                write_atomic(self.etc_path(c, name), _read_text(self.etc_path(other, name)).encode(), durable=False)
+                write_atomically(self.etc_path(c, name), _read_text(self.etc_path(other, name)).encode(), durable=False)
             return
         hc, mode = c.host_config, c.host_config.get("NetworkMode") or "default"
         hostname = c.config.get("Hostname") or c.id[:12]
         domain = c.config.get("Domainname") or ""
-        write_atomic(self.etc_path(c, "hostname"), f"{hostname}\n".encode(), durable=False)
+        write_atomically(self.etc_path(c, "hostname"), f"{hostname}\n".encode(), durable=False)
         networks = self._networks
         if mode == "host":
             hosts = _read_text("/etc/hosts")
@@ -701,7 +694,7 @@ class ContainerService:
             extra = [h.replace("host-gateway", networks.host_gateway()) if networks else h
                      for h in hc.get("ExtraHosts") or []]
             hosts = ocispec.hosts_file(full, networks.primary_address(c) if networks else None, extra)
-        write_atomic(self.etc_path(c, "hosts"), hosts.encode(), durable=False)
+        write_atomically(self.etc_path(c, "hosts"), hosts.encode(), durable=False)
         if networks is not None and networks.uses_embedded_dns(c):
             # dockerd: the embedded resolver, which forwards to --dns (or the host's servers) itself
             resolv = ocispec.resolv_conf(_read_text("/etc/resolv.conf"), mode, ["127.0.0.11"],
@@ -709,7 +702,7 @@ class ContainerService:
         else:
             resolv = ocispec.resolv_conf(_read_text("/etc/resolv.conf"), mode, hc.get("Dns") or [],
                                          hc.get("DnsSearch") or [], hc.get("DnsOptions") or [])
-        write_atomic(self.etc_path(c, "resolv.conf"), resolv.encode(), durable=False)
+        write_atomically(self.etc_path(c, "resolv.conf"), resolv.encode(), durable=False)
 
     async def _release_rootfs(self, c: Container) -> None:
         if self._networks is not None:
@@ -751,6 +744,7 @@ class ContainerService:
             log.error("container %s: %s; killing what is left of it", c.id[:12], e)
             await self._runtime_quiet("delete", "--force", c.id)
             status = ExitStatus(137, "")
+        self.health.stopped(c)
         with contextlib.suppress(Exception):
             await monitor.close_after_exit()
         if c.monitor is monitor:
@@ -947,6 +941,7 @@ class ContainerService:
                 raise errors.Conflict(f"Container {c.id} is already paused")
             await self._runtime("pause", c.id)
             c.state.status = "paused"
+            self.health.stopped(c)
             self._save(c)
         self.event(c, "pause")
 
@@ -958,6 +953,7 @@ class ContainerService:
             await self._runtime("resume", c.id)
             c.state.status = "running"
             self._save(c)
+            self.health.resumed(c)
         self.event(c, "unpause")
 
     _UPDATABLE = ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus", "CpuShares", "CpuQuota", "CpuPeriod",
@@ -1141,6 +1137,11 @@ class ContainerService:
         c.execs[e.id] = e
         self.event(c, f"exec_create: {' '.join(body['Cmd'])}", execID=e.id)
         return e
+
+    def forget_exec(self, e: Exec) -> None:
+        """Drop an exec from the records (a health probe's, once done: one per interval must not pile up)."""
+        e.container.execs.pop(e.id, None)
+        self._execs.pop(e.id, None)
 
     def get_exec(self, exec_id: str) -> Exec:
         e = self._execs.get(exec_id)

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from skiff import errors
+from skiff.engine import health as healthchecks
 from skiff.engine import mounts as container_mounts
 from skiff.engine.api.common import (
     MULTIPLEXED_STREAM,
@@ -44,7 +45,7 @@ from skiff.engine.containers import (
     ContainerService,
     system_cpu_usage,
 )
-from skiff.engine.filters import labels_match, pattern_match
+from skiff.engine.filters import labels_match, pattern_match, port_filter, port_key
 from skiff.engine.logs import read_logs
 from skiff.engine.ocispec import MASKED_PATHS, READONLY_PATHS
 from skiff.units import human_duration
@@ -99,7 +100,7 @@ def status_text(c: Container, now: float | None = None) -> str:
     if st.status == "restarting":
         return f"Restarting ({st.exit_code}) {human_duration(now - st.finished_at)} ago"
     if st.status == "running":
-        return f"Up {human_duration(now - st.started_at)}"
+        return f"Up {human_duration(now - st.started_at)}{healthchecks.status_suffix(c.health)}"
     if c.removing or st.status == "removing":
         return "Removal In Progress"
     if st.status == "dead":
@@ -123,7 +124,15 @@ def state_doc(c: Container) -> dict:
     return {"Status": status, "Running": st.running, "Paused": st.status == "paused",
             "Restarting": st.status == "restarting", "OOMKilled": st.oom_killed, "Dead": st.status == "dead",
             "Pid": st.pid if st.status in ("running", "paused") else 0, "ExitCode": st.exit_code, "Error": st.error,
-            "StartedAt": rfc3339_nano(st.started_at), "FinishedAt": rfc3339_nano(st.finished_at)}
+            "StartedAt": rfc3339_nano(st.started_at), "FinishedAt": rfc3339_nano(st.finished_at),
+            **({"Health": health_doc(c.health)} if c.health is not None else {})}
+
+
+def health_doc(health: dict) -> dict:
+    """``State.Health``: the status, the failing streak and the last results, their times in RFC 3339."""
+    return {"Status": health.get("Status") or "unhealthy", "FailingStreak": health.get("FailingStreak", 0),
+            "Log": [{**r, "Start": rfc3339_nano(r.get("Start")), "End": rfc3339_nano(r.get("End"))}
+                    for r in health.get("Log") or []]}
 
 
 def network_name(c: Container) -> str:
@@ -225,10 +234,15 @@ class ListFilter:
         for status in filters.get("status", []):
             if status not in STATUSES:
                 raise errors.InvalidArgument(f"invalid filter 'status={status}'")
+        for health in filters.get("health", []):
+            if health not in healthchecks.STATUSES:
+                raise errors.InvalidArgument(f"Unrecognised filter value for health: {health}")
         self.exited = [self._int("exited", v) for v in filters.get("exited", [])]
         self.before = [svc.get(v).created for v in filters.get("before", [])]
         self.since = [svc.get(v).created for v in filters.get("since", [])]
         self.images = [self._image_id(v) for v in filters.get("ancestor", [])]
+        self.published = port_filter("publish", filters.get("publish", []))
+        self.exposed = port_filter("expose", filters.get("expose", []))
 
     @staticmethod
     def _int(key: str, value: str) -> int:
@@ -260,14 +274,16 @@ class ListFilter:
                 and self._features(c))
 
     def _features(self, c: Container) -> bool:
-        """Filters on what containers here do not have yet: no health checks, published ports or tasks."""
+        """Filters on health, published and exposed ports, volumes, and what containers here do not have: tasks,
+        isolation."""
         f = self.filters
-        ports = set(c.config.get("ExposedPorts") or {})
-        exposed = ports | {p.split("/")[0] for p in ports}
+        # dockerd's: the container ports of -p (PortBindings, not the host ports), and those of EXPOSE/--expose
+        published = {port_key(p) for p in c.host_config.get("PortBindings") or {}}
+        exposed = {port_key(p) for p in c.config.get("ExposedPorts") or {}}
         mounts = {x for m in mounts_doc(c) for x in (m.get("Name"), m["Source"], m["Destination"]) if x}
-        return ((not f.get("health") or "none" in f["health"])
-                and (not f.get("publish"))
-                and (not f.get("expose") or any(p in exposed for p in f["expose"]))
+        return ((not f.get("health") or healthchecks.filter_value(c.health) in f["health"])
+                and (not self.published or bool(self.published & published))
+                and (not self.exposed or bool(self.exposed & exposed))
                 and (not f.get("volume") or any(v in mounts for v in f["volume"]))
                 and (not f.get("is-task") or "false" in f["is-task"])
                 and (not f.get("isolation") or "default" in f["isolation"]))
@@ -453,6 +469,7 @@ class ContainerRoutes(ServiceRoutes):
 
     async def create(self, request: web.Request) -> web.Response:
         body = await read_json(request)
+        healthchecks.validate(body.get("Healthcheck"))
         c, warnings = await self.svc.create(request.query.get("name") or None, body)
         return json_response({"Id": c.id, "Warnings": warnings}, status=201)
 
