@@ -38,9 +38,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from skiff.errors import Conflict, InvalidArgument, NotFound
+from skiff.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from skiff.image import archive
 from skiff.image import manifest as mf
 from skiff.image.auth import Credentials
@@ -51,7 +51,7 @@ from skiff.image.gc import Collected, collect_garbage
 from skiff.image.layer import write_layer
 from skiff.image.reference import Reference
 from skiff.image.reference import parse as parse_reference
-from skiff.image.snapshot import OverlaySnapshotter, chain_ids
+from skiff.image.snapshot import COMMITTED, OverlaySnapshotter, chain_ids
 from skiff.image.snapshot import mount as mount_snapshot
 from skiff.image.snapshot import unmount as unmount_snapshot
 from skiff.image.store import Image, ImageStore
@@ -59,6 +59,9 @@ from skiff.image.store import Image, ImageStore
 log = logging.getLogger(__name__)
 
 DANGLING_REPOSITORY = "docker.io/library/moby-dangling"
+# Images the Dockerfile builder made for its steps (its layer cache) are kept under this repository: listed only
+# with ``all`` (``docker images -a``), never pruned as dangling; ``prune_build_cache`` removes them.
+BUILD_CACHE_REPOSITORY = "docker.io/library/moby-build-cache"
 GRAPH_DRIVER = "overlay2"  # what Docker clients expect to read; the layout is the same idea
 # On a container's snapshot: the image descriptor it was created from (docker commit builds on it).
 LABEL_IMAGE = "skiff.image.target"
@@ -79,6 +82,19 @@ def dangling_name(manifest_digest: str) -> str:
 
 def is_dangling(name: str) -> bool:
     return name.startswith(DANGLING_REPOSITORY + "@")
+
+
+def build_cache_name(manifest_digest: str) -> str:
+    """The name that keeps a build step's image (see ``BUILD_CACHE_REPOSITORY``)."""
+    return f"moby-build-cache@{manifest_digest}"
+
+
+def is_build_cache(name: str) -> bool:
+    return name.startswith(BUILD_CACHE_REPOSITORY + "@")
+
+
+def _is_internal(name: str) -> bool:
+    return is_dangling(name) or is_build_cache(name)
 
 
 def familiar(name: str) -> str:
@@ -155,6 +171,23 @@ def _comment(config: dict) -> str:
     return str(config.get("comment") or history[-1].get("comment") or "")
 
 
+def _parent_id(image: Image) -> str:
+    """The image a built image was made on: its config's ``Image`` (Docker's builder records it), or ""."""
+    with contextlib.suppress(NotFound, InvalidArgument, KeyError, TypeError):
+        parent = (image.config.get("config") or {}).get("Image") or ""
+        return parent if isinstance(parent, str) and _FULL_ID.match(parent) else ""
+    return ""
+
+
+def _scratch_config(platform: str | None) -> dict:
+    """The image config a ``FROM scratch`` build starts from: the platform only (the host's by default)."""
+    p = mf.Platform.parse(platform) if platform else mf.Platform.host()
+    config: dict = {"architecture": p.architecture, "os": p.os}
+    if p.variant:
+        config["variant"] = p.variant
+    return config
+
+
 def _labels_match(labels: Mapping[str, str], wanted: Iterable[str]) -> bool:
     """Docker's label filter: every ``key`` must be present and every ``key=value`` equal."""
     for item in wanted:
@@ -176,7 +209,12 @@ class ImageGroup:
     @property
     def references(self) -> list[Image]:
         """The real names (tags and digests); a dangling-only image has none."""
-        return [n for n in self.names if not is_dangling(n.name)]
+        return [n for n in self.names if not _is_internal(n.name)]
+
+    @property
+    def intermediate(self) -> bool:
+        """Only a build step's image (Docker's intermediate images, hidden from ``docker images``)."""
+        return all(is_build_cache(n.name) for n in self.names)
 
     @property
     def dangling(self) -> bool:
@@ -185,7 +223,7 @@ class ImageGroup:
     @property
     def image(self) -> Image:
         """The name to speak of this image by: a tag if there is one, else a digest name, else the dangling one."""
-        return sorted(self.names, key=lambda n: (is_dangling(n.name), "@" in n.name, n.name))[0]
+        return sorted(self.names, key=lambda n: (_is_internal(n.name), "@" in n.name, n.name))[0]
 
     @property
     def tags(self) -> list[str]:
@@ -405,7 +443,7 @@ class ImageService:
         return matches[0].image
 
     def _by_name(self, ref: Reference) -> Image | None:
-        if ref.repository == DANGLING_REPOSITORY:
+        if ref.repository in (DANGLING_REPOSITORY, BUILD_CACHE_REPOSITORY):
             return None
         with contextlib.suppress(NotFound):
             return self.images.get(str(ref))
@@ -424,7 +462,7 @@ class ImageService:
         drop the dangling name of every image that has a real name again."""
         with self._lock:
             now = self._targets()
-            named = {self._config_digest(i) for n, i in now.items() if not is_dangling(n)}
+            named = {self._config_digest(i) for n, i in now.items() if not _is_internal(n)}
             for name, old in before.items():
                 moved = name in now and now[name].target["digest"] != old.target["digest"]
                 if moved and self._config_digest(old) not in named:
@@ -455,15 +493,15 @@ class ImageService:
     # ------------------------------------------------------------------------------------------ listing
 
     def list(self, *, all: bool = False, filters: Mapping[str, Iterable[str]] | None = None) -> list[Image]:
-        """One Image per image ID, newest first. ``all`` is Docker's ``-a``, which adds intermediate build images:
-        no image here has a parent, so the listing is the same (dangling images are always shown, as Docker does)."""
-        return [g.image for g in self._select(filters or {}, _LIST_FILTERS)]
+        """One Image per image ID, newest first. ``all`` is Docker's ``-a``, which adds the builder's step images
+        (dangling images are always shown, as Docker does)."""
+        return [g.image for g in self._select(filters or {}, _LIST_FILTERS, intermediate=all)]
 
     def summaries(self, *, all: bool = False, filters: Mapping[str, Iterable[str]] | None = None) -> list[dict]:
         """``GET /images/json``: Docker's ImageSummary for each image ``list`` would return. With a ``reference``
         filter an image shows only the names that match it, as dockerd does (``docker images busybox`` lists
         busybox's tags, not every tag of the same image)."""
-        groups = self._select(filters or {}, _LIST_FILTERS)
+        groups = self._select(filters or {}, _LIST_FILTERS, intermediate=all)
         patterns = list((filters or {}).get("reference") or [])
         if patterns:
             groups = [ImageGroup(g.id, [n for n in g.references
@@ -471,11 +509,12 @@ class ImageService:
                       for g in groups]
         return [self._summary(g) for g in groups]
 
-    def _select(self, filters: Mapping[str, Iterable[str]], allowed: frozenset[str]) -> list[ImageGroup]:
+    def _select(self, filters: Mapping[str, Iterable[str]], allowed: frozenset[str], *,
+                intermediate: bool = False) -> list[ImageGroup]:
         unknown = set(filters) - allowed
         if unknown:
             raise InvalidArgument(f"invalid filter '{sorted(unknown)[0]}'")
-        groups = list(self.groups().values())
+        groups = [g for g in self.groups().values() if intermediate or not g.intermediate]
         matches = [self._matcher(key, list(values)) for key, values in filters.items() if values]
         chosen = [g for g in groups if all(m(g) for m in matches)]
         return sorted(chosen, key=lambda g: (-self._created(g.image), g.id))
@@ -574,7 +613,7 @@ class ImageService:
         group = self.group(self._config_digest(image) or "")
         config = image.config
         doc = {
-            "Id": group.id, "RepoTags": group.tags, "RepoDigests": group.digests, "Parent": "",
+            "Id": group.id, "RepoTags": group.tags, "RepoDigests": group.digests, "Parent": self._local_parent(image),
             "Comment": _comment(config),
             "Created": config.get("created") or "0001-01-01T00:00:00Z",
             "DockerVersion": config.get("docker_version", ""), "Author": config.get("author", ""),
@@ -625,8 +664,8 @@ class ImageService:
         ref = parse_reference(target)
         if ref.digest:
             raise InvalidArgument("refusing to create a tag with a digest reference")
-        if ref.repository == DANGLING_REPOSITORY:
-            raise InvalidArgument(f"{DANGLING_REPOSITORY} is reserved for untagged images")
+        if ref.repository in (DANGLING_REPOSITORY, BUILD_CACHE_REPOSITORY):
+            raise InvalidArgument(f"{ref.repository} is reserved for untagged images")
         self._name(str(ref), image.target)
         self._emit("tag", image.config_digest, ref.familiar(), image)
 
@@ -635,8 +674,8 @@ class ImageService:
         rules. A name is untagged, and the image deleted with its last name (409 while a container uses it, unless
         forced). An ID deletes the image with all its names, if they are in one repository with at most one tag or
         if forced. A forced removal deletes an image a container uses: the container keeps its own snapshot.
-        ``prune`` is Docker's (``noprune`` negated), accepted for its callers: images here have no parent images,
-        so there is never more to prune."""
+        ``prune`` is Docker's (``noprune`` negated): a deleted image built here takes along the builder's step
+        images it was made from that nothing else uses (Docker's untagged parents)."""
         with self._lock:
             image = self.resolve(name_or_id)
             group = self.group(self._config_digest(image) or "")
@@ -644,8 +683,31 @@ class ImageService:
                 records = self._remove_by_id(group, force)
             else:
                 records = self._remove_reference(name_or_id, image, group, force)
+            if prune and any("Deleted" in r for r in records):
+                records += self._prune_step_parents(image)
         if any("Deleted" in r for r in records):
             self._collector.request()
+        return records
+
+    def _local_parent(self, image: Image) -> str:
+        """Docker's ``Parent`` of an image built here: the step image it was made on, while that exists."""
+        parent = _parent_id(image)
+        return parent if parent and parent in self.groups() else ""
+
+    def _prune_step_parents(self, image: Image) -> list[dict]:
+        """Delete the chain of build-step images below a deleted image, up to the first one that has a name,
+        another child or a container (a built image's ``config.Image`` is its parent step, as Docker's)."""
+        records: list[dict] = []
+        parent = _parent_id(image)
+        while parent:
+            groups = self.groups()
+            group = groups.get(parent)
+            if group is None or not group.intermediate or self.in_use(parent):
+                break
+            if any(_parent_id(g.image) == parent for g in groups.values() if g.id != parent):
+                break
+            parent = _parent_id(group.image)
+            records += self._delete(group)
         return records
 
     @staticmethod
@@ -872,25 +934,133 @@ class ImageService:
         container must not change meanwhile (paused or stopped). Without ``reference`` the image is dangling.
         Blocking: call it in a thread."""
         base = self._container_image(container_id)
-        base_config = base.config
-        container_config = apply_changes(config_changes, config if config is not None else base_config.get("config"))
+        container_config = apply_changes(config_changes, config if config is not None else
+                                         base.config.get("config"))
         with self._collector.hold():
             layer = write_layer(self.snapshots.upper_dir(container_id), self.content)
-            docker = base.target.get("mediaType") == mf.DOCKER_MANIFEST
-            layer_desc = {**layer.descriptor(), **({"mediaType": mf.DOCKER_LAYER_GZIP} if docker else {})}
-            when = archive.rfc3339()
-            history = {"created": when, "author": author, "comment": message}
-            new_config = {**base_config, "created": when, "config": container_config,
-                          "rootfs": {"type": "layers", "diff_ids": [*base.diff_ids, layer.diff_id]},
-                          "history": [*(base_config.get("history") or []), {k: v for k, v in history.items() if v}]}
-            if author:
-                new_config["author"] = author
-            config_desc = self._put_json(mf.DOCKER_CONFIG if docker else mf.OCI_CONFIG, new_config)
-            manifest = {"schemaVersion": 2, "mediaType": mf.DOCKER_MANIFEST if docker else mf.OCI_MANIFEST,
-                        "config": config_desc, "layers": [*base.layers, layer_desc]}
-            target = self._put_json(manifest["mediaType"], manifest)
+            target = self._commit_image(base, container_config, layer, {"author": author, "comment": message},
+                                        author=author)
             name = str(parse_reference(reference)) if reference else dangling_name(target["digest"])
             return self._name(name, target)
+
+    def commit_step(self, base: Image | None, container_config: dict, *, snapshot: str | None = None,
+                    created_by: str = "", extra: Mapping[str, object] | None = None,
+                    platform: str | None = None, keep_snapshot: bool = False) -> Image:
+        """A Dockerfile step's image on ``base`` (None: ``FROM scratch``), kept under a build-cache name.
+
+        The changes in the active, unmounted snapshot ``snapshot`` become its layer (none if it changed nothing:
+        then the history entry is an ``empty_layer``, as Docker's builder writes); the snapshot is then committed
+        as that layer's chain, so the next step starts without unpacking it, or removed (with ``keep_snapshot``
+        it stays as it is: a container kept after its step keeps its filesystem). ``container_config`` is
+        the image's ``config``; ``extra`` adds top-level fields (Docker's ``container_config``). Blocking."""
+        with self._collector.hold():
+            layer = None
+            if snapshot is not None and os.listdir(self.snapshots.upper_dir(snapshot)):
+                layer = write_layer(self.snapshots.upper_dir(snapshot), self.content)
+            history: dict[str, object] = {"created_by": created_by}
+            if layer is None:
+                history["empty_layer"] = True
+            target = self._commit_image(base, container_config, layer, history, extra=extra, platform=platform)
+            if snapshot is not None and not keep_snapshot:
+                self._keep_step_snapshot(snapshot, base, layer)
+            return self._name(build_cache_name(target["digest"]), target)
+
+    def _keep_step_snapshot(self, snapshot: str, base: Image | None, layer: Any) -> None:
+        """Commit a build step's snapshot under its new chain ID (it holds exactly that layer), or drop it."""
+        if layer is not None:
+            chain = chain_ids([*(base.diff_ids if base is not None else []), layer.diff_id])[-1]
+            try:
+                self.snapshots.commit(chain, snapshot)
+                return
+            except (AlreadyExists, Conflict):
+                pass  # the same layer was unpacked or built before: keep that one
+        with contextlib.suppress(NotFound):
+            self.snapshots.remove(snapshot)
+
+    def _commit_image(self, base: Image | None, container_config: dict, layer: Any, history: dict, *,
+                      author: str = "", extra: Mapping[str, object] | None = None,
+                      platform: str | None = None) -> dict:
+        """Store the config and manifest of ``base`` plus ``layer`` (or none) and one history entry; returns the
+        manifest's descriptor. Docker's media types unless ``base`` is an OCI image."""
+        base_config = base.config if base is not None else _scratch_config(platform)
+        docker = base is None or base.target.get("mediaType") == mf.DOCKER_MANIFEST
+        when = archive.rfc3339()
+        entry = {"created": when, **{k: v for k, v in history.items() if v}}
+        diff_ids = [*(base.diff_ids if base is not None else []), *([layer.diff_id] if layer is not None else [])]
+        new_config = {**base_config, **(extra or {}), "created": when, "config": container_config,
+                      "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                      "history": [*(base_config.get("history") or []), entry]}
+        if author:
+            new_config["author"] = author
+        layers = list(base.layers) if base is not None else []
+        if layer is not None:
+            layers.append({**layer.descriptor(), **({"mediaType": mf.DOCKER_LAYER_GZIP} if docker else {})})
+        config_desc = self._put_json(mf.DOCKER_CONFIG if docker else mf.OCI_CONFIG, new_config)
+        manifest = {"schemaVersion": 2, "mediaType": mf.DOCKER_MANIFEST if docker else mf.OCI_MANIFEST,
+                    "config": config_desc, "layers": layers}
+        return self._put_json(manifest["mediaType"], manifest)
+
+    def restore_step(self, parent: Image | None, source: Image, index: int, container_config: dict) -> Image:
+        """Docker's ``--cache-from`` restore: the image ``parent`` plus step ``index`` of ``source`` (its history
+        entry and, unless that entry is an empty layer, its layer), with ``container_config``, kept under a
+        build-cache name. Deterministic: restoring the same step twice gives the same image. Blocking."""
+        history = list(source.config.get("history") or [])
+        entry = history[index]
+        layer_index = sum(1 for h in history[:index] if not h.get("empty_layer"))
+        base_config = parent.config if parent is not None else {}
+        diff_ids = list(parent.diff_ids) if parent is not None else []
+        layers = list(parent.layers) if parent is not None else []
+        if not entry.get("empty_layer"):
+            diff_ids.append(source.diff_ids[layer_index])
+            layers.append(source.layers[layer_index])
+        config = {k: v for k, v in source.config.items() if k in ("architecture", "os", "variant", "author")}
+        config.update(config=container_config, created=entry.get("created", ""),
+                      rootfs={"type": "layers", "diff_ids": diff_ids},
+                      history=[*(base_config.get("history") or []), entry])
+        docker = source.target.get("mediaType") == mf.DOCKER_MANIFEST
+        with self._collector.hold():
+            config_desc = self._put_json(mf.DOCKER_CONFIG if docker else mf.OCI_CONFIG, config)
+            manifest = {"schemaVersion": 2, "mediaType": mf.DOCKER_MANIFEST if docker else mf.OCI_MANIFEST,
+                        "config": config_desc, "layers": layers}
+            target = self._put_json(manifest["mediaType"], manifest)
+            return self._name(build_cache_name(target["digest"]), target)
+
+    def step_image(self, manifest_digest: str) -> Image | None:
+        """A build step's image by its manifest digest (what the builder's cache index remembers), if it is
+        still kept under its build-cache name or any other; None once removed. Quick: no listing."""
+        with contextlib.suppress(NotFound, InvalidArgument):
+            return self.images.get(build_cache_name(manifest_digest))
+        with contextlib.suppress(NotFound, InvalidArgument):
+            return self.images.get(dangling_name(manifest_digest))
+        return None
+
+    def name_built(self, image: Image, references: Iterable[str]) -> list[str]:
+        """Tag a build's result with each of ``references`` (familiar forms returned); with none, keep it as a
+        dangling image, as Docker shows an untagged build's result."""
+        tagged = []
+        for text in references:
+            self.tag(image.config_digest, text)
+            tagged.append(parse_reference(text).familiar())
+        if not tagged and self.group(image.config_digest).intermediate:
+            self._name(dangling_name(image.target["digest"]), image.target)
+        return tagged
+
+    def prepare_step(self, key: str, base: Image | None) -> None:
+        """An active snapshot ``key`` over ``base``'s layers (unpacked if needed; empty for scratch) for a build
+        step that writes files without a container. Blocking."""
+        with self._collector.hold():
+            parent = self._unpack(base) if base is not None else None
+            labels = {LABEL_IMAGE: json.dumps(base.target)} if base is not None else {}
+            self.snapshots.prepare(key, parent, labels=labels)
+
+    async def prune_build_cache(self) -> int:
+        """``POST /build/prune``: remove the builder's step images no container uses; the bytes freed."""
+        with self._lock:
+            for group in self.groups().values():
+                if group.intermediate and not self.in_use(group.id):
+                    self._delete(group)
+        collected = await asyncio.to_thread(self._collector.run)
+        return collected.bytes_freed
 
     def _container_image(self, container_id: str) -> Image:
         labels = self.snapshots.stat(container_id).labels
@@ -909,7 +1079,7 @@ class ImageService:
         with self._lock:
             names = self.images.list()
         for info in self.snapshots.list():
-            if LABEL_IMAGE in info.labels:
+            if LABEL_IMAGE in info.labels and info.kind != COMMITTED:  # (a committed build step's keeps it)
                 with contextlib.suppress(ValueError, KeyError):
                     names.append(Image(f"container:{info.name}", json.loads(info.labels[LABEL_IMAGE]), None, 0.0,
                                        self.content))
@@ -930,11 +1100,13 @@ class ImageService:
         filters = {k: list(v) for k, v in (filters or {}).items()}
         if "dangling" in filters:
             dangling_only = _bool_filter("dangling", filters.pop("dangling"))
-        groups = self._select(filters, _PRUNE_FILTERS)
+        groups = self._select(filters, _PRUNE_FILTERS, intermediate=not dangling_only)
         records: list[dict] = []
         with self._lock:
             for group in groups:
+                if any(r.get("Deleted") == group.id for r in records):
+                    continue  # a step parent of an image pruned before it
                 if (group.dangling or not dangling_only) and not self.in_use(group.id):
-                    records += self._untag_all(group) + self._delete(group)
+                    records += self._untag_all(group) + self._delete(group) + self._prune_step_parents(group.image)
         collected = await asyncio.to_thread(self._collector.run)
         return {"ImagesDeleted": records or None, "SpaceReclaimed": collected.bytes_freed}

@@ -19,7 +19,7 @@ from skiff.engine.api.common import CLIENT_MAX_SIZE, install
 
 log = logging.getLogger(__name__)
 
-ROUTE_MODULES = ("system", "containers", "exec", "images", "volumes", "networks")
+ROUTE_MODULES = ("system", "containers", "exec", "images", "volumes", "networks", "build")
 
 
 def build_app(engine: Any, modules: Iterable[str] = ROUTE_MODULES) -> web.Application:
