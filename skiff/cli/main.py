@@ -16,6 +16,7 @@ _VERBS = {
     "engine": ("skiff.engine.cli", "main"),
     "server": ("skiff.cluster.api.cli", "main"),
     "kubectl": ("skiff.cli.kubectl", "main"),
+    "compose": ("skiff.cli.compose", "main"),
 }
 
 # docker's verbs (skiff/cli/dockercli): a client of the Engine API; they get the whole argument list, so that
@@ -34,6 +35,7 @@ commands:
   registry  an OCI Distribution registry server
   engine    the engine daemon, serving the Docker Engine API
   server    the cluster's control plane: the Kubernetes API server (HTTPS, default 127.0.0.1:6443)
+  compose   multi-container applications from a Compose file (as `docker compose`)
 
 docker's verbs, against the engine at -H/--host (or $SKIFF_HOST, default unix:///run/skiff/engine.sock):
   skiff [-H HOST] version | info | ps | run | create | start | stop | restart | kill | rm | logs | exec
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"skiff {__version__}")
         return 0
+    if len(args) > 2 and args[0] in _DOCKER_GLOBALS and args[2] == "compose":
+        args = ["compose", "-H", args[1], *args[3:]]  # `skiff -H HOST compose ...`
     if args[0] in _DOCKER_VERBS or args[0] in _DOCKER_GLOBALS or args[0].startswith("--host="):
         from skiff.cli.dockercli import main as docker_main
 

@@ -351,6 +351,23 @@ def test_create_start_attach_and_the_other_lifecycle_verbs(skiff: Runner, peer: 
     skiff("rmi", "cli-imported:v1")
 
 
+def test_attach_to_a_running_container(skiff: Runner, peer: Runner | None) -> None:
+    """``attach`` joins a running container's streams: stdin reaches it, its output comes back, and the verb
+    exits with the container's code; a stopped container is refused as docker refuses it."""
+    skiff("run", "-d", "-i", "--name", "cli-attach", BUSYBOX, "sh", "-c", "read line; echo got $line; exit 4")
+    try:
+        attached = skiff("attach", "cli-attach", input="hello\n", check=False, timeout=30)
+        assert (attached.returncode, attached.stdout) == (4, "got hello\n")
+        refused = skiff("attach", "cli-attach", check=False)
+        assert refused.returncode == 1
+        assert "You cannot attach to a stopped container, start it first" in refused.stderr
+        if peer is not None:
+            assert peer("attach", "cli-attach").stderr.strip().endswith(
+                "You cannot attach to a stopped container, start it first")
+    finally:
+        skiff("rm", "-f", "cli-attach", check=False)
+
+
 def test_login_push_pull_logout_with_skiff_registry(skiff: Runner, tmp_path: Path) -> None:
     """A registry on loopback with htpasswd auth: credentials go to DOCKER_CONFIG/config.json and are used."""
     bcrypt = pytest.importorskip("bcrypt")

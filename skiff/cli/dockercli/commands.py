@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -451,6 +452,16 @@ def _create_options(f: Callable) -> Callable:
         click.option("--platform", default=None, help="Set platform if server is multi-platform capable"),
         click.option("--ulimit", multiple=True, help="Ulimit options (name=soft[:hard])"),
         click.option("--runtime", default=None, help="Runtime to use for this container"),
+        click.option("--health-cmd", default=None, help="Command to run to check health"),
+        click.option("--health-interval", default=None, help="Time between running the check (ms|s|m|h)"),
+        click.option("--health-timeout", default=None, help="Maximum time to allow one check to run (ms|s|m|h)"),
+        click.option("--health-retries", type=int, default=None, help="Consecutive failures needed to report "
+                     "unhealthy"),
+        click.option("--health-start-period", default=None, help="Start period for the container to initialize "
+                     "before starting health-retries countdown (ms|s|m|h)"),
+        click.option("--health-start-interval", default=None, help="Time between running the check during the "
+                     "start period (ms|s|m|h)"),
+        click.option("--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -459,6 +470,51 @@ def _create_options(f: Callable) -> Callable:
 
 
 _CREATE_CTX = {**CONTEXT, "allow_interspersed_args": False}
+_GO_DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+                      "m": 60_000_000_000, "h": 3_600_000_000_000}
+
+
+def _duration_ns(flag: str, value: str | None) -> int:
+    """A Go duration (``1m30s``, ``500ms``) in nanoseconds, as docker's duration flags take them."""
+    if not value:
+        return 0
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value)
+    if value != "0" and "".join(n + u for n, u in parts) != value.lstrip("-"):
+        raise StatusError(125, f'invalid argument "{value}" for "--{flag}" flag: time: invalid duration "{value}"')
+    total = int(sum(float(n) * _GO_DURATION_UNITS[u] for n, u in parts))
+    if value.startswith("-"):
+        raise StatusError(125, f"skiff: --{flag} cannot be negative")
+    return total
+
+
+def _healthcheck(opts: dict[str, Any]) -> dict | None:
+    """``--health-*`` / ``--no-healthcheck`` as the docker CLI sends them (durations in nanoseconds)."""
+    durations = {key: _duration_ns(flag, opts[flag.replace("-", "_")]) for key, flag in (
+        ("Interval", "health-interval"), ("Timeout", "health-timeout"), ("StartPeriod", "health-start-period"),
+        ("StartInterval", "health-start-interval"))}
+    retries = opts["health_retries"] or 0
+    if retries < 0:
+        raise StatusError(125, "skiff: --health-retries cannot be negative")
+    have_settings = bool(opts["health_cmd"] or retries or any(durations.values()))
+    if opts["no_healthcheck"]:
+        if have_settings:
+            raise StatusError(125, "skiff: --no-healthcheck conflicts with --health-* options")
+        return {"Test": ["NONE"]}
+    if not have_settings:
+        return None
+    return {"Test": ["CMD-SHELL", opts["health_cmd"]] if opts["health_cmd"] else None, **durations,
+            "Retries": retries}
+
+
+def _create_container(a: docker.APIClient, kwargs: dict[str, Any], health: dict | None) -> dict:
+    """docker-py's create_container, with the whole Healthcheck (its own type drops StartInterval)."""
+    if not health:
+        return a.create_container(**kwargs)
+    kwargs = dict(kwargs)
+    name, platform = kwargs.pop("name"), kwargs.pop("platform")
+    config = a.create_container_config(**kwargs)
+    config["Healthcheck"] = {k: v for k, v in health.items() if v}
+    return a.create_container_from_config(config, name, platform)
 
 
 def _create(opts: dict[str, Any], verb: str) -> str:
@@ -501,13 +557,14 @@ def _create(opts: dict[str, Any], verb: str) -> str:
         stop_timeout=opts["stop_timeout"], ports=exposed or None, host_config=host_config, volumes=anonymous or None,
         platform=opts["platform"], detach=bool(opts.get("detach")), mac_address=opts["mac_address"],
         networking_config=_networking_config(a, opts))
+    health = _healthcheck(opts)
     try:
         try:
-            created = a.create_container(**kwargs)
+            created = _create_container(a, kwargs, health)
         except docker.errors.ImageNotFound:
             click.echo(f"Unable to find image '{_with_tag(opts['image'])}' locally", err=True)
             _pull(opts["image"], sys.stderr, opts["platform"])
-            created = a.create_container(**kwargs)
+            created = _create_container(a, kwargs, health)
     except docker.errors.APIError as e:
         raise StatusError(125, f"skiff: {daemon_message(e)}\n\nRun 'skiff {verb} --help' for more information") \
             from None
@@ -580,14 +637,16 @@ def run(detach: bool, attach_streams: tuple[str, ...], sig_proxy: bool, **opts: 
 
 
 def _run_attached(cid: str, hijacked: Any, tty: bool, stdin: bool, auto_remove: bool, verb: str,
-                  sig_proxy: bool = True) -> int:
-    """Wait for the exit (registered before start), start, copy the streams, return the container's code."""
+                  sig_proxy: bool = True, start: bool = True) -> int:
+    """Wait for the exit (registered before start), start, copy the streams, return the container's code.
+    Without ``start`` (``attach`` to a running container) the wait is for it to stop being running."""
     a = api()
     result: dict[str, Any] = {}
     # The daemon answers a wait's headers once the wait is registered (as dockerd does): only then start, so
     # even an instant exit is seen.
+    condition = "removed" if auto_remove else "next-exit" if start else "not-running"
     waiting = a._post(a._url("/containers/{0}/wait", cid), stream=True, timeout=None,
-                      params={"condition": "removed" if auto_remove else "next-exit"})
+                      params={"condition": condition})
     a._raise_for_status(waiting)
 
     def wait() -> None:
@@ -598,7 +657,8 @@ def _run_attached(cid: str, hijacked: Any, tty: bool, stdin: bool, auto_remove: 
 
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
-    _start(cid, auto_remove, verb)
+    if start:
+        _start(cid, auto_remove, verb)
     stop_resize = streams.watch_resize(lambda h, w: a.resize(cid, h, w)) if tty and sys.stdout.isatty() else None
     # docker's --sig-proxy: signals the CLI gets go to the container (with a tty, ^C reaches it as a byte)
     stop_proxy = streams.proxy_signals(lambda signum: a.kill(cid, signal=signum)) if sig_proxy and not tty else None
@@ -630,6 +690,29 @@ def _start(cid: str, auto_remove: bool, verb: str) -> None:
                 pass
         raise StatusError(_start_error_status(e), f"skiff: {daemon_message(e)}\n\n"
                                                   f"Run 'skiff {verb} --help' for more information") from None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--no-stdin", is_flag=True, help="Do not attach STDIN")
+@click.option("--sig-proxy", type=bool, default=True, help="Proxy all received signals to the process")
+@click.argument("container")
+def attach(no_stdin: bool, sig_proxy: bool, container: str) -> int:
+    """Attach local standard input, output, and error streams to a running container."""
+    a = api()
+    c = a.inspect_container(container)
+    state = c["State"]
+    if not state.get("Running"):
+        raise StatusError(1, "You cannot attach to a stopped container, start it first")
+    if state.get("Paused"):
+        raise StatusError(1, "You cannot attach to a paused container, unpause it first")
+    tty = bool(c["Config"].get("Tty"))
+    stdin = not no_stdin and bool(c["Config"].get("OpenStdin"))
+    if tty and stdin and not sys.stdin.isatty():
+        raise StatusError(1, "the input device is not a TTY")
+    hijacked = a.attach_socket(c["Id"], params={"stdin": int(stdin), "stdout": 1, "stderr": 1, "stream": 1})
+    streams.raw_socket(hijacked).settimeout(None)
+    return _run_attached(c["Id"], hijacked, tty, stdin, bool(c["HostConfig"].get("AutoRemove")), "attach",
+                         sig_proxy, start=False)
 
 
 # ---- lifecycle
@@ -1697,6 +1780,139 @@ def prune(all_: bool, force: bool, volumes: bool, filters: tuple[str, ...]) -> i
 
 system.add_command(info, "info")
 system.add_command(events, "events")
+
+
+# ---- build
+
+
+def _key_values(values: Iterable[str], what: str) -> dict[str, str | None]:
+    """``--build-arg K=V`` / ``--label K=V``; a bare ``K`` takes the value from the environment (none: unset)."""
+    found: dict[str, str | None] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise click.UsageError(f"invalid {what} {item!r}: want KEY=VALUE")
+        found[key] = value if sep else os.environ.get(key)
+    return found
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-t", "--tag", "tags", multiple=True, help="Name and optionally a tag in the 'name:tag' format")
+@click.option("-f", "--file", "dockerfile", default=None, help="Name of the Dockerfile (default: 'PATH/Dockerfile')")
+@click.option("--build-arg", "build_args", multiple=True, help="Set build-time variables")
+@click.option("--label", "labels", multiple=True, help="Set metadata for an image")
+@click.option("--target", default=None, help="Set the target build stage to build")
+@click.option("--no-cache", is_flag=True, help="Do not use cache when building the image")
+@click.option("--pull", is_flag=True, help="Always attempt to pull a newer version of the image")
+@click.option("-q", "--quiet", is_flag=True, help="Suppress the build output and print image ID on success")
+@click.option("--progress", type=click.Choice(["auto", "plain", "tty"]), default="auto", show_default=True,
+              help="Set type of progress output")
+@click.option("--network", default=None, help="Set the networking mode for the RUN instructions during build")
+@click.option("--platform", default=None, help="Set platform if server is multi-platform capable")
+@click.option("--rm/--no-rm", default=True, help="Remove intermediate containers after a successful build")
+@click.option("--force-rm", is_flag=True, help="Always remove intermediate containers")
+@click.argument("path")
+def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, ...], labels: tuple[str, ...],
+          target: str | None, no_cache: bool, pull: bool, quiet: bool, progress: str, network: str | None,
+          platform: str | None, rm: bool, force_rm: bool, path: str) -> int:
+    """Build an image from a Dockerfile (Docker's legacy builder protocol, POST /build)."""
+    if not os.path.isdir(path):
+        raise StatusError(1, f'unable to prepare context: path "{path}" not found')
+    if dockerfile is not None and not os.path.isabs(dockerfile) and not os.path.exists(dockerfile):
+        dockerfile = os.path.join(path, dockerfile)  # docker resolves -f against the context when not found here
+    if dockerfile is not None:
+        dockerfile = os.path.abspath(dockerfile)
+    a = api()
+    stream = a.build(path=path, dockerfile=dockerfile, tag=tags[0] if tags else None, quiet=quiet,
+                     nocache=no_cache, rm=rm, forcerm=force_rm, pull=pull, target=target,
+                     buildargs=_key_values(build_args, "--build-arg") or None,
+                     labels={k: v or "" for k, v in _key_values(labels, "--label").items()} or None,
+                     network_mode=network, platform=platform, decode=True)
+    tty = progress == "tty" or (progress == "auto" and sys.stdout.isatty())
+    image_id = _BuildDisplay(tty and not quiet, silent=quiet).show(stream)
+    if quiet:
+        click.echo(image_id)
+        return 0
+    for extra in tags[1:]:  # docker-py's build takes one tag; the rest are added as the CLI would
+        from docker.utils import parse_repository_tag
+
+        repo, name = parse_repository_tag(extra)
+        a.tag(image_id, repo, name or "latest")
+        out(f"Successfully tagged {_with_tag(extra)}\n")
+    return 0
+
+
+class _BuildDisplay:
+    """The build's JSON stream on the terminal: docker's plain lines, or a live view of the steps (each step
+    line with its outcome, the running step's last output lines below it)."""
+
+    TAIL = 6
+
+    def __init__(self, live: bool, silent: bool = False) -> None:
+        self.live, self.silent = live, silent
+        self.steps: list[list[str]] = []  # [step line, outcome]
+        self.output: list[str] = []
+        self.image_id = ""
+
+    def show(self, stream: Iterable[dict]) -> str:
+        if not self.live:
+            for msg in stream:
+                self._record(msg, plain=True)
+            return self.image_id
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console()
+        with Live(self._render(), console=console, refresh_per_second=10, transient=False) as live:
+            for msg in stream:
+                self._record(msg, plain=False)
+                live.update(self._render())
+        return self.image_id
+
+    def _record(self, msg: dict, plain: bool) -> None:
+        if msg.get("error"):
+            detail = msg.get("errorDetail") or {}
+            raise StatusError(int(detail.get("code") or 1), msg["error"])
+        if "aux" in msg:
+            self.image_id = (msg["aux"] or {}).get("ID", self.image_id)
+            return
+        text = msg.get("stream") or msg.get("status") or ""
+        match = re.match(r"^(?:Successfully built |)(sha256:[0-9a-f]{64})\s*$", text)
+        if match:
+            self.image_id = match.group(1)
+        if plain:
+            if not self.silent:
+                out(text if "stream" in msg else text + "\n")
+            return
+        self._fold(text)
+
+    def _fold(self, text: str) -> None:
+        if text.startswith("Step "):
+            self.steps.append([text.strip(), ""])
+            self.output = []
+        elif text.startswith(" ---> ") and self.steps:
+            outcome = text[6:].strip()
+            if not outcome.startswith("Running in"):
+                self.steps[-1][1] = "cached" if outcome == "Using cache" else (self.steps[-1][1] or outcome)
+        elif text.startswith(("Successfully", "Removing intermediate")) or text == "\n":
+            if text.startswith("Successfully"):
+                self.steps.append([text.strip(), "done"])
+        else:
+            self.output.extend(line for line in text.splitlines() if line.strip())
+            self.output = self.output[-self.TAIL:]
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        lines = []
+        for i, (step, outcome) in enumerate(self.steps):
+            running = i == len(self.steps) - 1 and not outcome
+            mark = "…" if running else "✔"
+            lines.append(Text(f"{mark} {step}" + (f"  [{outcome}]" if outcome and outcome != "done" else ""),
+                              style="bold" if running else "dim" if outcome == "cached" else ""))
+        lines.extend(Text("    " + line, style="dim") for line in self.output)
+        return Group(*lines)
 
 
 # ---- management groups: `skiff container ls`, `skiff image ls`, ...
