@@ -212,7 +212,9 @@ def test_image_healthcheck_and_no_healthcheck(docker: DockerRunner, engine: Engi
 
     plain = docker("run", "-d", "--no-healthcheck", HEALTHY_IMAGE, "sleep", "300", check=True).stdout.strip()
     doc = inspect(engine, plain)
-    assert doc["Config"]["Healthcheck"] == {"Test": ["NONE"]}
+    # dockerd's merge fills the fields the user left unset from the image's, even under NONE
+    assert doc["Config"]["Healthcheck"] == {"Test": ["NONE"], "Interval": 150_000_000, "Timeout": 2_000_000_000,
+                                            "Retries": 2}
     assert "Health" not in doc["State"]
     assert docker("ps", "-q", "--no-trunc", "--filter", "health=none", check=True).stdout.split() == [plain]
     assert ps_status(docker, plain).startswith("Up ") and "(" not in ps_status(docker, plain)
@@ -278,7 +280,7 @@ def test_skiff_run_health_flags(docker: DockerRunner, engine: EngineProcess) -> 
     assert skiff_cli(engine, "ps", "--filter", "health=healthy", "--format", "{{.Status}}").stdout.strip() \
         .endswith("(healthy)")
     none = skiff_cli(engine, "create", "--no-healthcheck", HEALTHY_IMAGE)
-    assert inspect(engine, none.stdout.strip())["Config"]["Healthcheck"] == {"Test": ["NONE"]}
+    assert inspect(engine, none.stdout.strip())["Config"]["Healthcheck"]["Test"] == ["NONE"]
     for args, message in ((("--no-healthcheck", "--health-cmd", "x"), "--no-healthcheck conflicts with --health-*"),
                           (("--health-interval", "soon"), 'invalid duration "soon"'),
                           (("--health-retries", "-1"), "--health-retries cannot be negative")):
