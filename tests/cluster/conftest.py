@@ -1,4 +1,4 @@
-"""Fixtures for the store suites: one ``store`` fixture parametrized over both backends.
+"""Fixtures for the store suites: one ``store`` fixture parametrized over the backends (SQLite twice: its two writers).
 
 The SQLite store gets a fresh file per test. etcd costs about a second to start, so one etcd member
 (on free loopback ports, its data in the session's temp dir) serves the whole session and each test
@@ -19,7 +19,8 @@ from skiff.cluster.store.etcd import EtcdStore
 from skiff.cluster.store.etcd_process import EtcdProcess, etcd_binary
 from skiff.cluster.store.sqlite import SQLiteStore
 
-BACKENDS = ["sqlite", "etcd"]
+# sqlite commits on the event loop (synchronous=NORMAL); sqlite-full in its writer thread (FULL fsyncs).
+BACKENDS = ["sqlite", "sqlite-full", "etcd"]
 _counter = itertools.count()
 
 
@@ -42,8 +43,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest_asyncio.fixture
 async def store(backend: str, request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Store]:
-    if backend == "sqlite":
-        opened: Store = await SQLiteStore.open(tmp_path / "store.db")
+    if backend.startswith("sqlite"):
+        synchronous = "FULL" if backend == "sqlite-full" else "NORMAL"
+        opened: Store = await SQLiteStore.open(tmp_path / "store.db", synchronous=synchronous)
     else:
         opened = await EtcdStore.open(request.getfixturevalue("etcd_server").url)
     try:

@@ -141,3 +141,36 @@ async def test_an_update_with_a_new_lease_moves_the_expiry(tmp_path: Path) -> No
         await store.update("/lease/a", b"longer", created, lease_ttl=60)
         await asyncio.sleep(1.3)
         assert (await store.get("/lease/a")).value == b"longer"
+
+
+async def _write_without_pause(store: SQLiteStore, path: Path, keys: int) -> int:
+    """Create ``keys`` keys, a few at a time without pause; the largest the WAL file got meanwhile."""
+    wal, largest = Path(f"{path}-wal"), 0
+    for first in range(0, keys, 5):
+        await asyncio.gather(*(store.create(f"/w/{i:05}", b"v" * 500) for i in range(first, first + 5)))
+        largest = max(largest, wal.stat().st_size)
+    return largest
+
+
+async def test_checkpoints_keep_the_wal_bounded_while_writes_never_pause(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite, "CHECKPOINT_INTERVAL", 0.005)
+    monkeypatch.setattr(sqlite, "WAL_LIMIT", 256 * 1024)
+    path = tmp_path / "store.db"
+    async with await SQLiteStore.open(path) as store:
+        largest = await _write_without_pause(store, path, 2000)
+        assert largest < 5 * 1024 * 1024  # 12 MiB if the writer never finished a checkpoint
+        assert len((await store.list("/w/"))[0]) == 2000
+    async with await SQLiteStore.open(path) as store:  # everything copied back is readable after a reopen
+        assert (await store.get("/w/01999")).value == b"v" * 500
+
+
+async def test_commits_leave_checkpoints_to_the_checkpointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite, "CHECKPOINT_INTERVAL", 3600.0)  # it never gets round to one
+    path = tmp_path / "store.db"
+    async with await SQLiteStore.open(path) as store:
+        largest = await _write_without_pause(store, path, 2000)
+        assert largest > 8 * 1024 * 1024  # no commit stopped to fold the WAL back (SQLite's would at 4 MiB)
+        with sqlite3.connect(path) as conn:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert (busy, frames) == (0, copied) and frames * 4096 > 8 * 1024 * 1024

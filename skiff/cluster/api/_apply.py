@@ -55,17 +55,17 @@ def apply(live: dict | None, applied: dict, manager: str, force: bool, gvk: tupl
     managers = decode_managed_fields(live.get("metadata", {}).get("managedFields"))
 
     merged = merge(live, applied, root)
-    previous = managers.get((manager, "Apply"))
+    previous = managers.get((manager, "Apply", None))
     applied_set = field_set(_tracked(applied), root)
     if previous is not None:
-        others = set().union(*(entry.fields for key, entry in managers.items() if key != (manager, "Apply")))
+        others = set().union(*(entry.fields for key, entry in managers.items() if key != (manager, "Apply", None)))
         merged = _prune(merged, previous.fields - applied_set, others | applied_set)
 
     added, modified, removed = compare(_tracked(live), _tracked(merged), root)
     changed = added | modified
     conflicts = []
     for key, entry in managers.items():
-        if key == (manager, "Apply"):
+        if key == (manager, "Apply", None):
             continue
         for path in sorted(entry.fields & changed, key=path_string):
             conflicts.append({
@@ -78,15 +78,18 @@ def apply(live: dict | None, applied: dict, manager: str, force: bool, gvk: tupl
 
     now = _now()
     for key, entry in managers.items():
-        if key != (manager, "Apply"):
+        if key != (manager, "Apply", None):
             entry.fields -= changed | removed
-    managers[(manager, "Apply")] = ManagedEntry(manager, "Apply", api_version, now, applied_set)
+    managers[(manager, "Apply", None)] = ManagedEntry(manager, "Apply", api_version, now, applied_set)
     if previous is not None and previous.fields == applied_set and merged == live:
-        managers[(manager, "Apply")].time = previous.time
+        managers[(manager, "Apply", None)].time = previous.time
     return _with_managed_fields(merged, managers)
 
 
-def update(old: dict | None, new: dict, manager: str, gvk: tuple[str, str, str]) -> dict:
+def update(old: dict | None, new: dict, manager: str, gvk: tuple[str, str, str],
+           subresource: str | None = None) -> dict:
+    """A plain write by ``manager`` (through ``subresource``, e.g. ``status`` or ``scale``): its entry, kept
+    apart from the same manager's writes through other subresources as kube keeps it, owns what changed."""
     root = _root_field(gvk)
     api_version = _api_version(gvk)
     # Only metadata.managedFields is rewritten: copying the top level and metadata keeps ``new`` untouched.
@@ -95,15 +98,16 @@ def update(old: dict | None, new: dict, manager: str, gvk: tuple[str, str, str])
     added, modified, removed = compare(_tracked(old or {}), _tracked(new), root)
     changed = added | modified
     for key, entry in managers.items():
-        if key != (manager, "Update"):
+        if key != (manager, "Update", subresource):
             entry.fields -= changed | removed
-    previous = managers.get((manager, "Update"))
+    previous = managers.get((manager, "Update", subresource))
     fields = ((previous.fields if previous else set()) - removed) | changed
     if fields:
         time = _now() if changed or removed or previous is None else previous.time
-        managers[(manager, "Update")] = ManagedEntry(manager, "Update", api_version, time, fields)
+        managers[(manager, "Update", subresource)] = ManagedEntry(manager, "Update", api_version, time, fields,
+                                                                  subresource)
     else:
-        managers.pop((manager, "Update"), None)
+        managers.pop((manager, "Update", subresource), None)
     return _with_managed_fields(new, managers)
 
 
@@ -437,8 +441,8 @@ class ManagedEntry:
         return entry
 
 
-def decode_managed_fields(entries: Any) -> dict[tuple[str, str], ManagedEntry]:
-    managers: dict[tuple[str, str], ManagedEntry] = {}
+def decode_managed_fields(entries: Any) -> dict[tuple[str, str, str | None], ManagedEntry]:
+    managers: dict[tuple[str, str, str | None], ManagedEntry] = {}
     for entry in entries or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("manager", ""), str):
             continue
@@ -447,11 +451,12 @@ def decode_managed_fields(entries: Any) -> dict[tuple[str, str], ManagedEntry]:
             entry.get("manager", ""), entry.get("operation", "Update"), entry.get("apiVersion", ""),
             entry.get("time"), decode_fields(encoded), entry.get("subresource"), encoded=encoded,
         )
-        managers[(decoded.manager, decoded.operation)] = decoded
+        managers[(decoded.manager, decoded.operation, decoded.subresource)] = decoded
     return managers
 
 
-def _with_managed_fields(obj: dict[str, Any], managers: dict[tuple[str, str], ManagedEntry]) -> dict[str, Any]:
+def _with_managed_fields(obj: dict[str, Any],
+                         managers: dict[tuple[str, str, str | None], ManagedEntry]) -> dict[str, Any]:
     metadata = obj.setdefault("metadata", {})
     entries = [entry.encode() for entry in managers.values() if entry.fields]
     if entries:

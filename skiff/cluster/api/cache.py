@@ -24,16 +24,21 @@ ROOT = "/registry/"
 SYNC_TIMEOUT = 1.0  # seconds a read waits for the cache before it reads the store itself
 
 
-def _bucket(key: str) -> str:
-    """The resource a key belongs to: ``/registry/pods/ns/name`` -> ``pods``."""
-    return key[len(ROOT):].split("/", 1)[0]
+def _parent(key: str) -> str:
+    """The collection a key is in: ``/registry/pods/ns/name`` -> ``/registry/pods/ns/``. Lists name one
+    (a namespace's pods) or a few (every namespace's pods), so they never walk unrelated objects."""
+    return key[:key.rindex("/") + 1]
+
+
+def _key_of(kv: KeyValue) -> str:
+    return kv.key
 
 
 class WatchCache:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.revision = 0  # every change up to this revision is applied
-        self._objects: dict[str, dict[str, KeyValue]] = {}
+        self._objects: dict[str, dict[str, KeyValue]] = {}  # collection (``_parent``) -> key -> state
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -54,7 +59,7 @@ class WatchCache:
         items, revision, _ = await self.store.list(ROOT)
         objects: dict[str, dict[str, KeyValue]] = {}
         for kv in items:
-            objects.setdefault(_bucket(kv.key), {})[kv.key] = kv
+            objects.setdefault(_parent(kv.key), {})[kv.key] = kv
         self._objects = objects
         self._advance(revision)
 
@@ -63,11 +68,7 @@ class WatchCache:
             try:
                 async with await self.store.watch(ROOT, self.revision + 1) as watch:
                     async for event in watch:
-                        bucket = self._objects.setdefault(_bucket(event.kv.key), {})
-                        if event.type is EventType.DELETE:
-                            bucket.pop(event.kv.key, None)
-                        else:
-                            bucket[event.kv.key] = event.kv
+                        self._apply(event.type, event.kv)
                         self._advance(event.revision)
                 return  # the store closed
             except Compacted:
@@ -76,6 +77,17 @@ class WatchCache:
                 log.exception("watch cache: the store watch failed; reloading")
                 await asyncio.sleep(1)
                 await self._load()
+
+    def _apply(self, kind: EventType, kv: KeyValue) -> None:
+        parent = _parent(kv.key)
+        if kind is not EventType.DELETE:
+            self._objects.setdefault(parent, {})[kv.key] = kv
+            return
+        collection = self._objects.get(parent)
+        if collection is not None:
+            collection.pop(kv.key, None)
+            if not collection:
+                del self._objects[parent]
 
     def _advance(self, revision: int) -> None:
         self.revision = max(self.revision, revision)
@@ -103,11 +115,15 @@ class WatchCache:
 
     def get(self, key: str) -> KeyValue | None:
         """The key's latest state as the cache has it (call ``synced()`` first)."""
-        return self._objects.get(_bucket(key), {}).get(key)
+        return self._objects.get(_parent(key), {}).get(key)
 
     def list(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix``, in key order, and the revision they are current at."""
-        bucket = self._objects.get(_bucket(prefix), {})
-        items = [kv for key, kv in bucket.items() if key.startswith(prefix)]
-        items.sort(key=lambda kv: kv.key)
+        items: list[KeyValue] = []
+        for parent, collection in self._objects.items():
+            if parent.startswith(prefix):
+                items += collection.values()
+            elif prefix.startswith(parent):  # a prefix ending inside names
+                items += (kv for key, kv in collection.items() if key.startswith(prefix))
+        items.sort(key=_key_of)
         return items, self.revision

@@ -259,7 +259,7 @@ class ResourceHandler:
         check_fields(request, t, body)
 
         def replace(live: Obj) -> Obj:
-            return patches.record_update(live, body, manager, t.gvk)  # it copies what it returns
+            return _record(live, body, manager, t, subresource)  # it copies what it returns
         create = None
         if t.create_on_update and not subresource:
             async def create() -> Obj:
@@ -270,13 +270,13 @@ class ResourceHandler:
 
     async def _patch(self, request: web.Request, t: ResourceType, namespace: str | None, name: str,
                      renderer: Renderer, subresource: str | None = None) -> web.Response:
-        change, create = self._patch_function(request, t, namespace, await request.read())
+        change, create = self._patch_function(request, t, namespace, await request.read(), subresource)
         obj, created = await self.registry.update(t, namespace, name, change, subresource,
                                                   "dryRun" in request.query, None if subresource else create)
         return json_response(renderer.one(obj), 201 if created else 200)
 
-    def _patch_function(self, request: web.Request, t: ResourceType, namespace: str | None,
-                        raw: bytes) -> tuple[Callable[[Obj], Obj], Callable[[], Awaitable[Obj]] | None]:
+    def _patch_function(self, request: web.Request, t: ResourceType, namespace: str | None, raw: bytes,
+                        subresource: str | None) -> tuple[Callable[[Obj], Obj], Callable[[], Awaitable[Obj]] | None]:
         kind = base_type(_content_type(request))
         manager = field_manager(request)
         if kind == patches.APPLY_PATCH:
@@ -302,7 +302,7 @@ class ResourceHandler:
         def change(live: Obj) -> Obj:
             patched = _call_patch(lambda: patches.apply_patch(live, raw, kind, t.gvk))
             check_fields(request, t, patched)
-            return patches.record_update(live, patched, manager, t.gvk)
+            return _record(live, patched, manager, t, subresource)
         return change, None
 
     async def _delete(self, request: web.Request, t: ResourceType, namespace: str | None, name: str,
@@ -379,6 +379,7 @@ class ResourceHandler:
         raw = await request.read()
         kind = base_type(_content_type(request))
         body = parse_body(raw, _content_type(request)) if request.method == "PUT" else None
+        manager = field_manager(request)
 
         def rescale(live: Obj) -> Obj:
             scale = to_scale(live)
@@ -393,9 +394,10 @@ class ResourceHandler:
             if not isinstance(replicas, int) or replicas < 0:
                 raise invalid("Scale", "autoscaling", name, [FieldError(
                     "spec.replicas", "Invalid", "must be greater than or equal to 0", replicas)])
-            live.setdefault("spec", {})["replicas"] = replicas
-            meta(live).pop("resourceVersion", None)
-            return live
+            scaled = {**live, "spec": {**(live.get("spec") or {}), "replicas": replicas}}
+            scaled = patches.record_update(live, scaled, manager, t.gvk, "scale")
+            meta(scaled).pop("resourceVersion", None)  # checked above
+            return scaled
         obj, _ = await self.registry.update(t, namespace, name, rescale, None, "dryRun" in request.query)
         return json_response(to_scale(obj))
 
@@ -445,6 +447,24 @@ def check_fields(request: web.Request, t: ResourceType, obj: Obj) -> None:
         raise bad_request(f'{t.kind} in version "{t.version}" cannot be handled as a {t.kind}: strict decoding '
                           f"error: {listed}")
     request.setdefault("warnings", []).extend(f'unknown field \\"{f}\\"' for f in unknown)
+
+
+def _record(live: Obj, desired: Any, manager: str, t: ResourceType, subresource: str | None) -> Any:
+    """``desired`` with managedFields recording ``manager``'s write. Through ``status`` only the status
+    counts (the registry keeps the rest of the live object), so only status fields change owners."""
+    if not isinstance(desired, dict):
+        return desired  # the registry refuses it
+    if subresource == "status":
+        metadata = {k: v for k, v in meta(live).items() if k != "resourceVersion"} | _precondition(desired)
+        desired = {**live, "metadata": metadata, "status": desired.get("status")}
+        if desired["status"] is None:
+            del desired["status"]
+    return patches.record_update(live, desired, manager, t.gvk, subresource)
+
+
+def _precondition(obj: Obj) -> dict[str, Any]:
+    rv = meta(obj).get("resourceVersion")
+    return {"resourceVersion": rv} if rv else {}
 
 
 def to_scale(obj: Obj) -> Obj:

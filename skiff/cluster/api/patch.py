@@ -8,7 +8,6 @@ Pure functions on JSON-like data, importable without the API server: the server 
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -81,10 +80,12 @@ def server_side_apply(live: dict | None, applied: dict, manager: str, force: boo
         raise PatchError(str(error), bad_request=False) from None
 
 
-def record_update(old: dict | None, new: dict, manager: str, gvk: tuple[str, str, str]) -> dict:
-    """Return ``new`` with managedFields updated for a create/update/patch made by ``manager``."""
+def record_update(old: dict | None, new: dict, manager: str, gvk: tuple[str, str, str],
+                  subresource: str | None = None) -> dict:
+    """Return ``new`` with managedFields updated for a create/update/patch made by ``manager`` (through
+    ``subresource``: ``status`` or ``scale``, recorded in the entry as kube does)."""
     try:
-        return _apply.update(old, new, manager, gvk)
+        return _apply.update(old, new, manager, gvk, subresource)
     except _apply.ApplyInvalid as error:
         raise PatchError(str(error), bad_request=False) from None
 
@@ -105,14 +106,32 @@ def _parse_json(body: bytes) -> Any:
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: objects merge recursively, ``null`` removes a member, anything else replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return copy_json(patch)
+    result = copy_json(target) if isinstance(target, dict) else {}
+    _merge_into(result, patch)
+    return result
+
+
+def _merge_into(result: dict, patch: dict) -> None:
+    """``merge_patch`` in place, on a result the caller owns (copied once, not once per level)."""
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
+        elif isinstance(value, dict):
+            if not isinstance(result.get(key), dict):
+                result[key] = {}
+            _merge_into(result[key], value)
         else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+            result[key] = copy_json(value)
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, scalars): several times faster than ``copy.deepcopy``."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) for v in value]
+    return value
 
 
 def create_merge_patch(original: Any, modified: Any) -> Any:
@@ -122,13 +141,13 @@ def create_merge_patch(original: Any, modified: Any) -> Any:
         patch[key] = None
     for key, value in modified.items():
         if key not in original:
-            patch[key] = copy.deepcopy(value)
+            patch[key] = copy_json(value)
         elif isinstance(value, dict) and isinstance(original[key], dict):
             nested = create_merge_patch(original[key], value)
             if nested:
                 patch[key] = nested
         elif not _json_equal(original[key], value):
-            patch[key] = copy.deepcopy(value)
+            patch[key] = copy_json(value)
     return patch
 
 
@@ -138,7 +157,7 @@ def create_merge_patch(original: Any, modified: Any) -> Any:
 def strategic_merge_patch(live: dict, patch: dict, root: str) -> dict:
     """Apply a strategic merge patch to ``live`` for the schema type ``root`` (see ``_smp_schema``)."""
     try:
-        return _strategic.apply(copy.deepcopy(live), copy.deepcopy(patch), root)
+        return _strategic.apply(copy_json(live), copy_json(patch), root)
     except _strategic.StrategicPatchError as error:
         raise PatchError(str(error), bad_request=error.malformed) from None
 
@@ -153,7 +172,7 @@ def strategic_merge_patch(live: dict, patch: dict, root: str) -> dict:
 def _apply_json_patch(live: dict, operations: Any) -> dict:
     if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
         raise PatchError("json patch must be a JSON array of operation objects", bad_request=True)
-    document: Any = copy.deepcopy(live)
+    document: Any = copy_json(live)
     for operation in operations:
         _json_patch_operation(document, operation)
     return document
@@ -163,17 +182,17 @@ def _json_patch_operation(document: Any, operation: dict[str, Any]) -> None:
     op = operation.get("op")
     path = _member(operation, "path", op)
     if op == "add":
-        _add(document, path, copy.deepcopy(_member(operation, "value", op)), op)
+        _add(document, path, copy_json(_member(operation, "value", op)), op)
     elif op == "remove":
         _remove(document, path, op)
     elif op == "replace":
-        _replace(document, path, copy.deepcopy(_member(operation, "value", op)), op)
+        _replace(document, path, copy_json(_member(operation, "value", op)), op)
     elif op == "move":
         source = _member(operation, "from", op)
         value = _remove(document, source, op)
         _add(document, path, value, op, destination=True)
     elif op == "copy":
-        value = copy.deepcopy(_get(document, _member(operation, "from", op), op))
+        value = copy_json(_get(document, _member(operation, "from", op), op))
         _add(document, path, value, op, destination=True)
     elif op == "test":
         if not _json_equal(_get(document, path, op), _member(operation, "value", op)):

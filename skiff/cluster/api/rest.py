@@ -275,8 +275,9 @@ class Registry:
             except NotFound:
                 raise not_found(t.plural, t.group, name) from None
             except Conflict:
-                if wanted_rv:
-                    raise conflict(t.plural, t.group, name) from None
+                # Changed since it was read: start over on the fresh object. A resourceVersion the client
+                # named no longer matches it (409 above); one that only came from the live object (a patch
+                # applied to it carries it along) must not turn a lost race into a 409.
                 continue
             meta(new)["resourceVersion"] = str(revision)
             self.dependents.note(t, new)
@@ -299,6 +300,8 @@ class Registry:
             new["status"] = desired.get("status")
             if new["status"] is None:
                 new.pop("status")
+            if "managedFields" in meta(desired):  # who owns which status fields, as the handler recorded it
+                meta(new)["managedFields"] = meta(desired)["managedFields"]
         else:
             new = desired
             keep_system_metadata(meta(new), meta(live))

@@ -55,6 +55,10 @@ INSERT INTO sqlite_sequence (name, seq) SELECT 'kine', 1
     WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'kine');
 """
 
+# A WAL that restarts is cut back to this size. As large as the store lets the WAL grow (sqlite.WAL_LIMIT),
+# so that it is reused in place: cutting it back on every restart and growing it again made the commit
+# that cut it wait 50-100 ms on the file system while other work kept the disk busy.
+WAL_KEPT_BYTES = 64 * 1024 * 1024
 COLUMNS = "id, name, created, deleted, create_revision, prev_revision, lease, value, old_value, version"
 # One rule for "the row that is the key's state at revision ?": the newest at or below it.
 _LATEST_AT = "id = (SELECT MAX(l.id) FROM kine AS l WHERE l.name = k.name AND l.id <= ?)"
@@ -184,6 +188,10 @@ class LogWriter:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        # No checkpoint inside a commit: SQLite's automatic one would make the commit that crosses
+        # 1000 WAL pages copy them and fsync twice. The store checkpoints from another thread.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_KEPT_BYTES}")
         conn.executescript(SCHEMA)
         self.revision = current_revision(conn)
         self.appended: list[Row] = []  # rows written since begin(), for the watchers once committed
@@ -286,10 +294,9 @@ class LogWriter:
         return hi >= revision
 
     def reclaim_space(self) -> None:
-        """After compaction: fold the WAL back into the database and give freed pages back to the
-        file system (outside any transaction). The answers to kine's two most common complaints, a
-        WAL and a database file that only ever grow."""
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        """After compaction: give freed pages back to the file system (outside any transaction), the
+        answer to one of kine's most common complaints, a database file that only ever grows. (The
+        other, a WAL that only grows, the store's checkpointer answers: see ``SQLiteStore``.)"""
         self.conn.execute("PRAGMA incremental_vacuum")
 
     def _live(self, name: str) -> Row:
@@ -309,6 +316,18 @@ class LogWriter:
         self.revision = row.id
         self.appended.append(row)
         return row
+
+
+def checkpoint(conn: sqlite3.Connection) -> tuple[int, int] | None:
+    """A PASSIVE checkpoint: copy the committed WAL frames into the database file without waiting for
+    (or blocking) the writer or readers. ``(frames in the WAL, frames copied so far)``, or None when
+    another checkpoint was running. Once every frame is copied the next write restarts the WAL."""
+    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return None if busy else (frames, copied)
+
+
+def page_size(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA page_size").fetchone()[0]
 
 
 def current_revision(conn: sqlite3.Connection) -> int:
