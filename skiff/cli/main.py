@@ -15,6 +15,10 @@ _VERBS = {
     "registry": ("skiff.registry.cli", "main"),
     "engine": ("skiff.engine.cli", "main"),
     "server": ("skiff.cluster.api.cli", "main"),
+    "controller-manager": ("skiff.cluster.controllers.cli", "main"),
+    "scheduler": ("skiff.cluster.scheduler.cli", "main"),
+    "hollow-nodes": ("skiff.cluster.hollow.cli", "main"),
+    "agent": ("skiff.cluster.kubelet.cli", "main"),
     "kubectl": ("skiff.cli.kubectl", "main"),
     "compose": ("skiff.cli.compose", "main"),
 }
@@ -35,6 +39,10 @@ commands:
   registry  an OCI Distribution registry server
   engine    the engine daemon, serving the Docker Engine API
   server    the cluster's control plane: the Kubernetes API server (HTTPS, default 127.0.0.1:6443)
+  controller-manager  the cluster's controllers alone, against a server (--kubeconfig F)
+  scheduler  the cluster's scheduler alone, against a server (--kubeconfig F)
+  hollow-nodes  N simulated nodes that heartbeat and run their pods without containers (--count N)
+  agent     the node agent (kubelet): runs the pods bound to this node on its engine
   compose   multi-container applications from a Compose file (as `docker compose`)
 
 docker's verbs, against the engine at -H/--host (or $SKIFF_HOST, default unix:///run/skiff/engine.sock):

@@ -1,31 +1,23 @@
-"""A small Kubernetes API client: kubeconfig, HTTPS requests, discovery, watches.
+"""A small synchronous Kubernetes API client: HTTPS requests, discovery, watches.
 
-Standard library only (plus PyYAML for the kubeconfig). The TLS identity comes from the kubeconfig's
-current (or chosen) context: the cluster's CA, a client certificate and key (inline ``-data`` or files), or a
-bearer token. Errors come back as ``ApiError`` carrying the server's ``Status``.
+Standard library only. The kubeconfig is read by ``skiff.cluster.client.config`` (the one loader the
+control plane shares); the TLS identity comes from its current (or chosen) context: the cluster's CA, a
+client certificate and key, or a bearer token. Errors come back as ``ApiError`` carrying the server's ``Status``.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
-import os
-import ssl
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import yaml
+from skiff.cluster.client.config import ClusterConfig, ConfigError, load_kubeconfig
 
+__all__ = ["TABLE_ACCEPT", "ApiError", "ApiResource", "Client", "ClusterConfig", "ConfigError", "load_config"]
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
-
-
-class ConfigError(Exception):
-    """The kubeconfig is missing or does not say how to reach a cluster."""
 
 
 class ApiError(Exception):
@@ -39,75 +31,7 @@ class ApiError(Exception):
         super().__init__(self.message)
 
 
-# --- kubeconfig -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class ClusterConfig:
-    """How to reach one cluster as one user, as a kubeconfig context says."""
-
-    server: str
-    namespace: str = "default"
-    ca_pem: bytes | None = None
-    insecure: bool = False
-    cert_pem: bytes | None = None
-    key_pem: bytes | None = None
-    token: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def kubeconfig_paths(explicit: str | None) -> list[Path]:
-    if explicit:
-        return [Path(explicit)]
-    if os.environ.get("KUBECONFIG"):
-        return [Path(p) for p in os.environ["KUBECONFIG"].split(os.pathsep) if p]
-    return [Path.home() / ".kube" / "config"]
-
-
-def load_config(path: str | None = None, context: str | None = None) -> ClusterConfig:
-    merged: dict[str, Any] = {"clusters": {}, "users": {}, "contexts": {}, "current-context": None}
-    found = False
-    for candidate in kubeconfig_paths(path):
-        if not candidate.exists():
-            continue
-        found = True
-        document = yaml.safe_load(candidate.read_text()) or {}
-        base = candidate.parent
-        for section, key in (("clusters", "cluster"), ("users", "user"), ("contexts", "context")):
-            for entry in document.get(section) or []:
-                merged[section].setdefault(entry.get("name"), (entry.get(key) or {}, base))
-        merged["current-context"] = merged["current-context"] or document.get("current-context")
-    if not found:
-        raise ConfigError("no kubeconfig found: pass --kubeconfig or set KUBECONFIG")
-    name = context or merged["current-context"]
-    if name not in merged["contexts"]:
-        raise ConfigError(f'context "{name}" does not exist' if name else "no current context is set")
-    ctx, _ = merged["contexts"][name]
-    cluster, cluster_base = merged["clusters"].get(ctx.get("cluster"), ({}, Path()))
-    user, user_base = merged["users"].get(ctx.get("user"), ({}, Path()))
-    if not cluster.get("server"):
-        raise ConfigError(f'cluster "{ctx.get("cluster")}" has no server')
-    return ClusterConfig(
-        server=cluster["server"].rstrip("/"),
-        namespace=ctx.get("namespace") or "default",
-        ca_pem=_pem(cluster, "certificate-authority", cluster_base),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        cert_pem=_pem(user, "client-certificate", user_base),
-        key_pem=_pem(user, "client-key", user_base),
-        token=user.get("token") or _read_optional(user.get("tokenFile"), user_base),
-    )
-
-
-def _pem(section: dict[str, Any], name: str, base: Path) -> bytes | None:
-    if section.get(f"{name}-data"):
-        return base64.b64decode(section[f"{name}-data"])
-    if section.get(name):
-        return (base / section[name]).read_bytes()
-    return None
-
-
-def _read_optional(name: str | None, base: Path) -> str | None:
-    return (base / name).read_text().strip() if name else None
+load_config = load_kubeconfig  # the name the commands use
 
 
 # --- requests -------------------------------------------------------------------------------------------
@@ -124,26 +48,8 @@ class Client:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._https = parts.scheme == "https"
         self._prefix = parts.path.rstrip("/")
-        self._ssl = self._ssl_context() if self._https else None
+        self._ssl = config.ssl_context() if self._https else None
         self._discovery: list[ApiResource] | None = None
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        if self.config.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        elif self.config.ca_pem:
-            context = ssl.create_default_context(cadata=self.config.ca_pem.decode())
-        if self.config.cert_pem and self.config.key_pem:
-            # ssl loads client identities only from files: write them to a private directory, briefly.
-            with tempfile.TemporaryDirectory(prefix="skiff-kubectl-") as scratch:
-                cert, key = Path(scratch, "cert.pem"), Path(scratch, "key.pem")
-                for target, data in ((cert, self.config.cert_pem), (key, self.config.key_pem)):
-                    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(descriptor, "wb") as handle:
-                        handle.write(data)
-                context.load_cert_chain(cert, key)
-        return context
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._https:

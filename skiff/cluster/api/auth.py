@@ -14,11 +14,13 @@ memory by a ``StoreMirror`` (so a request never reads them from the store), and 
 from __future__ import annotations
 
 import csv
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from skiff.atomicfile import write_atomically
 from skiff.cluster.api.certs import ADMIN_GROUP, NODE_GROUP
 from skiff.cluster.api.mirror import StoreMirror
 from skiff.cluster.api.objects import Obj
@@ -26,6 +28,8 @@ from skiff.cluster.api.status import ApiError, forbidden, qualified
 
 AUTHENTICATED = "system:authenticated"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/livez", "/version", "/version/"})
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
+SCHEDULER_USER = "system:kube-scheduler"
 RBAC_PREFIXES = {"roles": "/registry/roles/", "clusterroles": "/registry/clusterroles/",
                  "rolebindings": "/registry/rolebindings/", "clusterrolebindings": "/registry/clusterrolebindings/"}
 
@@ -182,11 +186,18 @@ def _role(name: str, rules: list[dict[str, Any]]) -> Obj:
             "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules}
 
 
-def _binding(name: str, role: str, group: str) -> Obj:
+def _binding(name: str, role: str, group: str, kind: str = "Group") -> Obj:
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]}
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": group}]}
+
+
+# What the controllers (skiff/cluster/controllers) read and write, as user system:kube-controller-manager.
+_CONTROLLED = ["pods", "pods/status", "replicasets", "replicasets/status", "replicasets/scale", "deployments",
+               "deployments/status", "deployments/scale", "events", "endpoints", "endpointslices", "services",
+               "services/status", "serviceaccounts", "secrets", "configmaps", "namespaces", "namespaces/status",
+               "namespaces/finalize", "nodes", "nodes/status", "leases"]
 
 
 def bootstrap_policy() -> list[tuple[str, Obj]]:
@@ -215,4 +226,26 @@ def bootstrap_policy() -> list[tuple[str, Obj]]:
         ("clusterrolebindings", _binding("system:discovery", "system:discovery", AUTHENTICATED)),
         ("clusterrolebindings", _binding("system:basic-user", "system:basic-user", AUTHENTICATED)),
         ("clusterrolebindings", _binding("system:node", "system:node", NODE_GROUP)),
+        ("clusterroles", _role(CONTROLLER_MANAGER_USER, [
+            {"apiGroups": ["", "apps", "coordination.k8s.io", "discovery.k8s.io"], "resources": _CONTROLLED,
+             "verbs": _ALL}])),
+        ("clusterrolebindings", _binding(CONTROLLER_MANAGER_USER, CONTROLLER_MANAGER_USER, CONTROLLER_MANAGER_USER,
+                                         kind="User")),
+        # kube's system:kube-scheduler: read the cluster, bind pods, note why a pod waits
+        ("clusterroles", _role(SCHEDULER_USER, [
+            {"apiGroups": ["*"], "resources": ["*"], "verbs": _READ},
+            {"apiGroups": [""], "resources": ["pods/binding", "bindings"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch", "update"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": _ALL}])),
+        ("clusterrolebindings", _binding(SCHEDULER_USER, SCHEDULER_USER, SCHEDULER_USER, kind="User")),
     ]
+
+
+def component_token(path: Path) -> str:
+    """The bearer token of an in-process component (made once, kept 0600 beside the cluster's keys)."""
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    write_atomically(path, token.encode(), mode=0o600)
+    return token

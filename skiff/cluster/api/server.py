@@ -9,6 +9,7 @@ Everything runs on one event loop with the store in the same process.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import logging
@@ -18,17 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
+from skiff.atomicfile import write_atomically
 from skiff.cluster.api import discovery, openapi
 from skiff.cluster.api.allocators import ServiceAllocator
 from skiff.cluster.api.auth import (
+    AUTHENTICATED,
+    CONTROLLER_MANAGER_USER,
     PUBLIC_PATHS,
     RBAC_PREFIXES,
     Attributes,
     Authenticator,
     RBACAuthorizer,
+    User,
     bootstrap_policy,
+    component_token,
     forbidden_error,
 )
 from skiff.cluster.api.cache import WatchCache
@@ -62,6 +69,8 @@ class ServerConfig:
     disable_agent: bool = False
     compact_interval: float = 300.0  # seconds between compactions (kube-apiserver's default: 5 minutes)
     compact_retain: int = 1000  # revisions of history kept, as kine keeps them
+    disable_controllers: bool = False  # the controller manager runs beside the server unless this is set
+    disable_scheduler: bool = False  # the scheduler runs beside the server unless this is set
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -113,6 +122,11 @@ class ApiServer:
         return self.config.data_dir / "cred" / "admin.kubeconfig"
 
     @property
+    def controller_manager_kubeconfig(self) -> Path:
+        """The controllers' credentials: a bearer token for user system:kube-controller-manager."""
+        return self.config.data_dir / "cred" / "controller-manager.kubeconfig"
+
+    @property
     def node_kubeconfig(self) -> Path:
         """The credentials of this host's node agent (user system:node:<hostname>, group system:nodes)."""
         return self.config.data_dir / "cred" / "node.kubeconfig"
@@ -123,6 +137,8 @@ class ApiServer:
         allocator_cidr = self.config.service_cidr
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.pki.ensure(serving_hosts(host, _first_ip(allocator_cidr)))
+        controllers_token = component_token(self.pki.dir / "controller-manager.token")
+        self.authenticator.tokens[controllers_token] = User(CONTROLLER_MANAGER_USER, (AUTHENTICATED,))
         if self.config.datastore in ("", "sqlite"):
             (self.config.data_dir / "db").mkdir(exist_ok=True, mode=0o700)
         self.store = await open_store(self.config.store_url())
@@ -147,6 +163,9 @@ class ApiServer:
         await self._bootstrap_endpoints()
         write_kubeconfig(self.admin_kubeconfig, self.url, self.pki)
         write_kubeconfig(self.node_kubeconfig, self.url, self.pki, node=socket.gethostname())
+        write_atomically(self.controller_manager_kubeconfig,
+                         _token_kubeconfig(self.url, self.pki.ca.cert_pem(), CONTROLLER_MANAGER_USER,
+                                           controllers_token), mode=0o600)
         if self.config.write_kubeconfig is not None:
             write_kubeconfig(self.config.write_kubeconfig, self.url, self.pki)
         log.info("skiff API server listening on %s", self.url)
@@ -322,6 +341,16 @@ class ApiServer:
 def _aggregated(body: bytes, version: str) -> web.Response:
     content_type = discovery.AGGREGATED_CONTENT_TYPE if version == "v2" else discovery.AGGREGATED_V2BETA1_CONTENT_TYPE
     return web.Response(body=body, headers={"Content-Type": content_type, "Vary": "Accept"})
+
+
+def _token_kubeconfig(server_url: str, ca_pem: bytes, user: str, token: str) -> bytes:
+    """A kubeconfig that authenticates with a bearer token (an in-process component's credentials)."""
+    cluster = {"server": server_url, "certificate-authority-data": base64.b64encode(ca_pem).decode()}
+    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "skiff",
+           "clusters": [{"name": "skiff", "cluster": cluster}],
+           "users": [{"name": user, "user": {"token": token}}],
+           "contexts": [{"name": "skiff", "context": {"cluster": "skiff", "user": user}}]}
+    return yaml.safe_dump(doc, sort_keys=False).encode()
 
 
 def _first_ip(cidr: str) -> str:

@@ -1,0 +1,1 @@
+"""Controllers: reconcile loops over the Kubernetes API (see docs/controllers.md)."""
