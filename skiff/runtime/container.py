@@ -454,7 +454,12 @@ def _join_cgroup(cgroup: Cgroup, pid: int, link: sync.Link) -> None:
     try:
         cgroup.add(pid)
         link.send("joined")
-    except (errors.NotFound, BrokenPipeError) as failure:
+    except (errors.SkiffError, BrokenPipeError) as failure:
+        if not isinstance(failure, BrokenPipeError) and state.process_start_time(pid) is not None:
+            # The cgroup failed (e.g. removed under us), not the process: it is waiting for "joined" and
+            # would wait forever, as would we for its error. It cannot become the container now.
+            os.kill(pid, signal.SIGKILL)
+            raise errors.SystemFailure(f"cannot move the container process into its cgroup: {failure}") from failure
         message = link.recv()
         if message is not None and message["type"] == "error":
             _reraise(Exception(message["message"]), message.get("kind"))
