@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from skiff.cluster.client import LEASES, NODES, PODS, ApiClient, ApiStatusError, Informer, ShutDown, WorkQueue
+from skiff.cluster.kubelet.status import qos_class  # the real kubelet's, as kubemark reuses it
 from skiff.errors import InvalidArgument, SkiffError
 
 log = logging.getLogger(__name__)
@@ -323,18 +324,5 @@ class HollowNodes:
                                    "PodScheduled")]
         return {"phase": "Running", "conditions": conditions, "hostIP": node.address,
                 "hostIPs": [{"ip": node.address}], "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "startTime": now,
-                "containerStatuses": statuses, "qosClass": _qos_class(containers)}
+                "containerStatuses": statuses, "qosClass": qos_class(pod)}
 
-
-def _qos_class(containers: Any) -> str:
-    """kube's QoS class: BestEffort without requests or limits; Guaranteed when every container's CPU and
-    memory limits are set and its requests (if any) equal them; Burstable otherwise."""
-    resources = [c.get("resources") or {} for c in containers]
-    if not any(r.get("requests") or r.get("limits") for r in resources):
-        return "BestEffort"
-    for r in resources:
-        requests, limits = r.get("requests") or {}, r.get("limits") or {}
-        for name in ("cpu", "memory"):
-            if limits.get(name) is None or requests.get(name, limits[name]) != limits[name]:
-                return "Burstable"
-    return "Guaranteed"

@@ -24,14 +24,21 @@ import os
 from typing import Any
 
 from aiohttp import web
-from aiohttp.streams import StreamReader
 
 from skiff.build.builder import Builder, BuildFailed, BuildOptions
 from skiff.build.context import receive
 from skiff.errors import InvalidArgument, SkiffError, Unsupported
 from skiff.image.auth import Credentials, config_key
 
-from .common import JsonStream, json_response, json_stream, query_bool, read_json, wait_disconnected
+from .common import (
+    BlockingBodyReader,
+    JsonStream,
+    json_response,
+    json_stream,
+    query_bool,
+    read_json,
+    wait_disconnected,
+)
 
 log = logging.getLogger(__name__)
 BUILDER_DIR = "build"
@@ -164,16 +171,6 @@ class _BuildOutput:
         return self.stream
 
 
-class _BodyReader:
-    """The request body as a blocking ``read`` for the context reader, which runs in a worker thread."""
-
-    def __init__(self, content: StreamReader, loop: asyncio.AbstractEventLoop) -> None:
-        self.content, self.loop = content, loop
-
-    def read(self, n: int = -1) -> bytes:
-        coroutine = self.content.read(n if n is not None and n >= 0 else -1)
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
 
 # ---------------------------------------------------------------------------------------------- routes
 
@@ -184,7 +181,7 @@ class _BuildRoutes:
     async def build(self, request: web.Request) -> web.StreamResponse:
         options = build_options(request)
         output = _BuildOutput(request, query_bool(request, "q"))
-        reader = _BodyReader(request.content, asyncio.get_running_loop())
+        reader = BlockingBodyReader(request.content, asyncio.get_running_loop())
         context = await asyncio.to_thread(receive, reader, self.builder.contexts_dir)
         try:
             image = await self._run(request, context, options, output)

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from aiohttp import hdrs, http_parser, web, web_protocol
 from aiohttp.abc import AbstractMatchInfo
+from aiohttp.streams import StreamReader
 from aiohttp.web_urldispatcher import AbstractResource
 from yarl import URL
 
@@ -673,3 +674,14 @@ async def hijack(request: web.Request, *, content_type: str = RAW_STREAM) -> Raw
     request[_STREAM_KEY] = stream
     return stream
 
+
+class BlockingBodyReader:
+    """A request body as a blocking ``read`` for code that runs in a worker thread (archive and context
+    readers): each read is a coroutine run on the loop."""
+
+    def __init__(self, content: StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+        self.content, self.loop = content, loop
+
+    def read(self, n: int = -1) -> bytes:
+        coroutine = self.content.read(n if n is not None and n >= 0 else -1)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()

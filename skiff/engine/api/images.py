@@ -25,14 +25,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
-from aiohttp.streams import StreamReader
 
 from skiff.errors import InvalidArgument, Unsupported
 from skiff.image.auth import Credentials
 from skiff.image.reference import is_digest
 from skiff.image.service import familiar
 
-from .common import JsonStream, json_response, json_stream, parse_filters, query_bool, wait_disconnected
+from .common import (
+    BlockingBodyReader,
+    JsonStream,
+    json_response,
+    json_stream,
+    parse_filters,
+    query_bool,
+    wait_disconnected,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -152,7 +159,7 @@ class _ImageRoutes:
         return await out.finish()
 
     async def load(self, request: web.Request) -> web.StreamResponse:
-        body = _BodyReader(request.content, asyncio.get_running_loop())
+        body = BlockingBodyReader(request.content, asyncio.get_running_loop())
         loaded = await self.images.load(body)
         stream = await json_stream(request)
         for name in loaded:
@@ -168,7 +175,7 @@ class _ImageRoutes:
         repo = request.query.get("repo", "")
         reference = with_tag(repo, request.query.get("tag", "")) if repo else None
         message = request.query.get("message") or f"Imported from {source}"
-        body = _BodyReader(request.content, asyncio.get_running_loop())
+        body = BlockingBodyReader(request.content, asyncio.get_running_loop())
         image = await self.images.import_(body, reference, request.query.getall("changes", []), message,
                                           request.query.get("platform") or None)
         stream = await json_stream(request)
@@ -237,16 +244,6 @@ class _Progress:
         await self.stream.close()
         return self.stream
 
-
-class _BodyReader:
-    """The request body as a blocking ``read`` for the archive code, which runs in a worker thread."""
-
-    def __init__(self, content: StreamReader, loop: asyncio.AbstractEventLoop) -> None:
-        self.content, self.loop = content, loop
-
-    def read(self, n: int = -1) -> bytes:
-        coroutine = self.content.read(n if n is not None and n >= 0 else -1)
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
 
 class _ResponseWriter:

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from skiff.cluster.hollow.nodes import HollowNode, HollowNodes, HollowOptions, _qos_class, pod_cidrs
+from skiff.cluster.hollow.nodes import HollowNode, HollowNodes, HollowOptions, pod_cidrs
+from skiff.cluster.kubelet.status import qos_class
 from skiff.errors import InvalidArgument
 
 
@@ -42,7 +43,8 @@ def test_pod_addresses_are_unique_reused_after_release_and_exhaustion_is_an_erro
     ([{"limits": {"cpu": "1", "memory": "1Gi"}}, {}], "Burstable"),
 ])
 def test_qos_class(resources: list[dict], qos: str) -> None:
-    assert _qos_class([{"name": f"c{i}", "resources": r} for i, r in enumerate(resources)]) == qos
+    pod = {"spec": {"containers": [{"name": f"c{i}", "resources": r} for i, r in enumerate(resources)]}}
+    assert qos_class(pod) == qos
 
 
 def test_node_object_and_running_status() -> None:
