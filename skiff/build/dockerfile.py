@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from skiff.errors import InvalidArgument
-from skiff.image.changes import ShellLexer, expand_word, go_duration, split_words
+from skiff.image.changes import ShellLexer, expand_word, go_duration, json_args, split_words
 from skiff.image.changes import expand_words as _expand_words
 
 INSTRUCTIONS = ("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
@@ -476,17 +476,10 @@ def _levenshtein(a: str, b: str) -> int:
 
 def _json_array(rest: str) -> list[str] | None:
     """The exec form's array, or None when ``rest`` is not a JSON array (then it is the shell form)."""
-    if not rest.startswith("["):
-        return None
     try:
-        value = json.loads(rest)
-    except ValueError:
-        return None
-    if not isinstance(value, list):
-        return None
-    if not all(isinstance(v, str) for v in value):
-        raise _ArgError("when using JSON array syntax, arrays must be comprised of strings only")
-    return value
+        return json_args(rest)
+    except InvalidArgument as e:  # re-raised with the instruction's line by the caller
+        raise _ArgError(str(e)) from None
 
 
 def _args_maybe_json(ins: Instruction, rest: str, escape: str) -> None:

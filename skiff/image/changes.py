@@ -104,7 +104,7 @@ def _require(rest: str, keyword: str) -> None:
         raise InvalidArgument(f"{keyword} requires at least one argument")
 
 
-def _json_args(rest: str) -> list[str] | None:
+def json_args(rest: str) -> list[str] | None:
     """The exec (JSON array) form's arguments, or None when ``rest`` is the shell form."""
     if not rest.lstrip().startswith("["):
         return None
@@ -120,7 +120,7 @@ def _json_args(rest: str) -> list[str] | None:
 
 
 def _command_line(rest: str, state: _ChangeState) -> list[str]:
-    args = _json_args(rest)
+    args = json_args(rest)
     if args is not None:
         return args
     return [*(state.config.get("Shell") or _DEFAULT_SHELL), rest]
@@ -227,7 +227,7 @@ def _do_workdir(state: _ChangeState, rest: str, flags: list[str], line: str) -> 
 
 def _do_volume(state: _ChangeState, rest: str, flags: list[str], line: str) -> None:
     _require(rest, "VOLUME")
-    args = _json_args(rest)
+    args = json_args(rest)
     volumes = dict(state.config.get("Volumes") or {})
     for raw in args if args is not None else rest.split():
         path = expand_word(raw, state.env)
@@ -281,7 +281,7 @@ def _do_healthcheck(state: _ChangeState, rest: str, flags: list[str], line: str)
         return
     if kind != "CMD":
         raise InvalidArgument(f'Unknown type "{kind}" in HEALTHCHECK (try CMD)')
-    args = _json_args(command)
+    args = json_args(command)
     if not (command if args is None else args):
         raise InvalidArgument("Missing command after HEALTHCHECK CMD")
     health: dict = {"Test": ["CMD", *args] if args is not None else ["CMD-SHELL", command]}
