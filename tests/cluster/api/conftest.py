@@ -136,7 +136,9 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("apiserver"))
+    """The API server alone: these tests check what the API does with each write, which the controllers and
+    the scheduler (tested on their own) would otherwise write over (a Deployment's status, a pod's binding)."""
+    server = ServerProcess(tmp_path_factory.mktemp("apiserver"), "--disable-controllers", "--disable-scheduler")
     server.start()
     try:
         yield server
