@@ -400,6 +400,8 @@ class _Checkpointer:
                 if self._stopping.wait(CHECKPOINT_INTERVAL):
                     return
                 self._dirty.clear()
+                if self._stopping.is_set():  # stop() came between the wait and the clear: its wake-up is gone
+                    return
                 try:
                     progress = sqllog.checkpoint(conn)
                     # "All copied" only means all that was committed when the checkpoint began: with
