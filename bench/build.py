@@ -133,6 +133,22 @@ def report(results: dict, rounds: int) -> None:
         print("\n(no dockerd found: Skiff's figures only)")
 
 
+CONFIG_FIELDS = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "ExposedPorts", "Volumes", "Labels", "Healthcheck",
+                 "StopSignal", "Shell", "OnBuild")
+
+
+def compare_configs(daemons: list[Daemon], names: list[str]) -> bool:
+    """The images both daemons built from the same Dockerfiles: their configs must be the same."""
+    print("\nImage configs, skiff vs dockerd (the same Dockerfiles):")
+    same = True
+    for name in names:
+        configs = [json.loads(d.docker("image", "inspect", f"bench-{name}").stdout)[0]["Config"] for d in daemons]
+        differing = [k for k in CONFIG_FIELDS if configs[0].get(k) != configs[1].get(k)]
+        same = same and not differing
+        print(f"  [{name}] {'same' if not differing else 'DIFFERENT: ' + ', '.join(differing)}")
+    return same
+
+
 def record(daemon: Daemon, docker: str, work: Path) -> None:
     """Build tests/build's DOCKERFILES with dockerd and print the configs and histories it gives."""
     import importlib.util
@@ -184,6 +200,8 @@ def main() -> int:
         contexts = {name: make_context(work / f"ctx-{name}", dockerfile, files)
                     for name, (dockerfile, files) in DOCKERFILES.items()}
         report(bench(daemons, a.docker, contexts, a.rounds), a.rounds)
+        if len(daemons) == 2 and not compare_configs(daemons, list(contexts)):
+            return 1
         return 0
     finally:
         for d in daemons:

@@ -256,7 +256,11 @@ def test_run_rm_removes_anonymous_volumes_not_named_ones(docker: DockerRunner) -
 def test_prune_keeps_named_unless_all(docker: DockerRunner) -> None:
     ok(docker("volume", "create", "kept"))
     ok(docker("create", "-v", "/used", IMAGE, "true"))
-    ok(docker("run", "--rm", "-d", "-v", "/gone", IMAGE, "true"))
+    gone = ok(docker("run", "--rm", "-d", "-v", "/gone", IMAGE, "true")).strip()
+    # --rm removes the container and its anonymous volume after the exit: wait for that, or prune races it
+    deadline = time.monotonic() + 30
+    while ok(docker("ps", "-aq", "--filter", f"id={gone}")).strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
     out = ok(docker("volume", "prune", "-f"))
     assert out.strip().endswith("Total reclaimed space: 0B")
     assert "kept" in volume_names(docker) and len(volume_names(docker)) == 2  # named + the one in use
