@@ -47,18 +47,18 @@ from skiff.cluster.client.workqueue import ShutDown, TokenBucket, WorkQueue
 
 if TYPE_CHECKING:
     from skiff.cluster.client.api import PATCH_TYPES, ApiClient, Obj
-    from skiff.cluster.client.controller import Controller
+    from skiff.cluster.client.controller import Controller, stop_on_signals
     from skiff.cluster.client.informer import Informer, SharedInformers, object_key, split_key
 
 _LAZY = {"PATCH_TYPES": "api", "ApiClient": "api", "Obj": "api", "Controller": "controller",
-         "Informer": "informer", "SharedInformers": "informer", "object_key": "informer", "split_key": "informer"}
+         "stop_on_signals": "controller", "Informer": "informer", "SharedInformers": "informer", "object_key": "informer", "split_key": "informer"}
 
 __all__ = [
     "CONFIGMAPS", "DEPLOYMENTS", "ENDPOINTS", "ENDPOINT_SLICES", "EVENTS", "LEASES", "NAMESPACES", "NODES",
     "PATCH_TYPES", "PODS", "REPLICASETS", "SECRETS", "SERVICES", "SERVICE_ACCOUNTS", "ApiAlreadyExists", "ApiClient",
     "ApiConflict", "ApiInvalid", "ApiNotFound", "ApiStatusError", "ClusterConfig", "ConfigError", "Controller",
     "Informer", "Obj", "Resource", "SharedInformers", "ShutDown", "TokenBucket", "WorkQueue", "load_kubeconfig",
-    "object_key", "resource_for", "split_key", "status_error",
+    "object_key", "resource_for", "split_key", "status_error", "stop_on_signals",
 ]
 
 

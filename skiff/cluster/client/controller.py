@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 
 from skiff.cluster.client.api import ApiClient
 from skiff.cluster.client.informer import Informer
@@ -102,3 +103,12 @@ class Controller:
         else:
             log.warning("%s: dropping %s after %d failed syncs: %s", self.name, key, self.max_retries, exc)
             self.queue.forget(key)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: what a control-plane component run alone waits on before it stops."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
-from skiff.cluster.client import load_kubeconfig
+from skiff.cluster.client import load_kubeconfig, stop_on_signals
 from skiff.cluster.controllers.manager import CONTROLLERS, ControllerManager
 from skiff.errors import SkiffError
 
@@ -32,10 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def run(manager: ControllerManager) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     task = manager.start()
     print(f"skiff controller-manager: {', '.join(manager.enabled)} against {manager.config.server}",
           file=sys.stderr, flush=True)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import time
 
-from skiff.cluster.client import ApiClient, load_kubeconfig
+from skiff.cluster.client import ApiClient, load_kubeconfig, stop_on_signals
 from skiff.cluster.hollow.nodes import HollowNodes, HollowOptions
 from skiff.errors import SkiffError
 
@@ -49,10 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     options = HollowOptions(args.count, args.name_prefix, args.lease_interval, args.cpu, args.memory, args.max_pods,
                             args.cluster_cidr, args.node_cidr_mask_size, args.zones, args.concurrency)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with ApiClient.from_config(load_kubeconfig(args.kubeconfig), user_agent="skiff-hollow-node",
                                      pool_size=args.concurrency) as client:
         nodes = HollowNodes(client, options)

@@ -14,12 +14,11 @@ import argparse
 import asyncio
 import logging
 import shlex
-import signal
 import socket
 import sys
 from pathlib import Path
 
-from skiff.cluster.client import ApiClient, ClusterConfig, load_kubeconfig
+from skiff.cluster.client import ApiClient, ClusterConfig, load_kubeconfig, stop_on_signals
 from skiff.cluster.kubelet.kubelet import DEFAULT_PAUSE_IMAGE, Kubelet, KubeletOptions
 from skiff.errors import InvalidArgument, SkiffError
 
@@ -77,10 +76,7 @@ def options(args: argparse.Namespace) -> KubeletOptions:
 
 
 async def run(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with ApiClient.from_config(cluster_config(args), user_agent=f"skiff-agent/{args.node_name}") as client:
         kubelet = Kubelet(client, options(args))
         await kubelet.start()

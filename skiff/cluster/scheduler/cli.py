@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
-from skiff.cluster.client import ApiClient, ConfigError, load_kubeconfig
+from skiff.cluster.client import ApiClient, ConfigError, load_kubeconfig, stop_on_signals
 from skiff.cluster.scheduler.service import Scheduler, SchedulerOptions, scheduler_names
 from skiff.errors import SkiffError
 
@@ -44,10 +43,7 @@ def options_from(args: argparse.Namespace) -> SchedulerOptions:
 
 async def run(args: argparse.Namespace) -> None:
     config = load_kubeconfig(args.kubeconfig)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with ApiClient.from_config(config, user_agent="skiff-scheduler") as client:
         scheduler = Scheduler(client, options_from(args))
         task = scheduler.start()
