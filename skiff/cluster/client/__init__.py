@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from skiff.cluster.client.informer import Informer, SharedInformers, object_key, split_key
 
 _LAZY = {"PATCH_TYPES": "api", "ApiClient": "api", "Obj": "api", "Controller": "controller",
-         "stop_on_signals": "controller", "Informer": "informer", "SharedInformers": "informer", "object_key": "informer", "split_key": "informer"}
+         "stop_on_signals": "controller", "Informer": "informer", "SharedInformers": "informer",
+         "object_key": "informer", "split_key": "informer"}
 
 __all__ = [
     "CONFIGMAPS", "DEPLOYMENTS", "ENDPOINTS", "ENDPOINT_SLICES", "EVENTS", "LEASES", "NAMESPACES", "NODES",
