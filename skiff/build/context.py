@@ -35,10 +35,10 @@ from skiff.build.ignore import IgnoreMatcher
 from skiff.errors import InvalidArgument, NotFound
 from skiff.image.layer import PrefixedStream, extract_layer
 from skiff.image.service import path_match
+from skiff.rootpath import resolve_in_root
 
 DEFAULT_DOCKERFILE = "Dockerfile"
 IGNORE_FILE = ".dockerignore"
-_MAX_LINKS = 255  # symlinks followed while resolving one path (Linux's own limit is 40 per component walk)
 _BZIP2_MAGIC = b"BZh"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -334,36 +334,11 @@ def _clean_relative(path: str) -> str:
 
 
 def resolve_in_scope(root: str, path: str) -> str:
-    """``root``/``path`` with every symlink followed as if ``root`` were ``/`` (``..`` stops at the root), as
-    Docker's ``FollowSymlinkInScope``. The result is always inside ``root``. A path whose ``..`` climbs above
-    the root before any link is OutsideContext (for a context, that is Docker's error); links are clamped."""
+    """``root``/``path`` with every symlink followed as if ``root`` were ``/``: always inside ``root``. A path
+    whose ``..`` climbs above the root lexically is OutsideContext (for a context, that is Docker's error);
+    links are clamped."""
     _clean_relative(path)  # raises for a lexical escape
-    resolved: list[str] = []
-    pending = [p for p in path.split("/") if p not in ("", ".")]
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        try:
-            st = os.lstat(candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            resolved.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > _MAX_LINKS:
-                raise InvalidArgument(f"too many symlinks resolving {path}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved) if resolved else root
+    return resolve_in_root(root, path)
 
 
 def _remove(path: str) -> None:

@@ -40,6 +40,7 @@ from skiff.engine import ocispec
 from skiff.engine.health import HealthChecks
 from skiff.engine.logs import parse_time
 from skiff.engine.monitor_client import ExitStatus, Monitor, MonitorSpawner
+from skiff.rootpath import resolve_in_root
 
 log = logging.getLogger(__name__)
 
@@ -189,30 +190,6 @@ def start_error_exit_code(message: str) -> int:
 def _resolve_future(fut: asyncio.Future | None, value: Any) -> None:
     if fut is not None and not fut.done():
         fut.set_result(value)
-
-
-def _secure_join(root: str, path: str) -> str:
-    """``path`` inside ``root``, its symlinks resolved as if ``root`` were ``/`` (an image's links cannot
-    lead outside it): where to create a WorkingDir the image lacks."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    current, hops = root, 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            current = root if current == root else os.path.dirname(current)
-            continue
-        candidate = os.path.join(current, part)
-        if os.path.islink(candidate):
-            hops += 1
-            if hops > 40:
-                raise errors.InvalidArgument(f"{path}: too many levels of symbolic links")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                current = root
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        current = candidate
-    return current
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -632,7 +609,7 @@ class ContainerService:
             user = self._resolve_user(rootfs, c.config.get("User") or "", c.host_config.get("GroupAdd") or [])
             own_mounts = await mountplan.prepare_run_async(
                 self._volumes, c.id, c.mounts, c.host_config.get("Tmpfs"),
-                lambda path: _secure_join(rootfs, path), not c.has_been_started)
+                lambda path: resolve_in_root(rootfs, path), not c.has_been_started)
             spec = ocispec.build_spec(c.id, c.config, c.host_config, paths, self.spec_options, user, own_mounts)
             os.makedirs(self._bundle_dir(c), exist_ok=True)
             write_atomically(os.path.join(self._bundle_dir(c), "config.json"), json.dumps(spec).encode(), durable=False)
@@ -644,8 +621,8 @@ class ContainerService:
     @staticmethod
     def _resolve_user(rootfs: str, user: str, group_add: list[str]) -> dict:
         """``process.user`` from the container's own /etc/passwd and /etc/group (see ocispec.resolve_user)."""
-        passwd = _read_text(_secure_join(rootfs, "/etc/passwd"))
-        group = _read_text(_secure_join(rootfs, "/etc/group"))
+        passwd = _read_text(resolve_in_root(rootfs, "/etc/passwd"))
+        group = _read_text(resolve_in_root(rootfs, "/etc/group"))
         return ocispec.resolve_user(user, group_add, passwd, group)
 
     @staticmethod
@@ -653,7 +630,7 @@ class ContainerService:
         """dockerd creates a missing WorkingDir (as root; the image may not have it)."""
         workdir = c.config.get("WorkingDir") or ""
         if workdir and workdir != "/":
-            target = _secure_join(rootfs, workdir)
+            target = resolve_in_root(rootfs, workdir)
             if not os.path.isdir(target):
                 os.makedirs(target, 0o755, exist_ok=True)
 

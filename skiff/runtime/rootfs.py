@@ -11,6 +11,7 @@ import os
 import stat
 
 from skiff.errors import InvalidArgument, NotFound
+from skiff.rootpath import resolve_in_root
 from skiff.runtime import linux
 
 # option -> (set?, flag), as mount(8) and runc read them.
@@ -61,38 +62,6 @@ class MountOptions:
     @property
     def is_bind(self) -> bool:
         return bool(self.flags & linux.MS_BIND)
-
-
-def secure_join(root: str, unsafe: str) -> str:
-    """``root/unsafe`` with every symlink resolved inside ``root``, so a rootfs cannot point us outside."""
-    pending = [p for p in unsafe.split("/") if p][::-1]
-    resolved: list[str] = []
-    hops = 0
-    while pending:
-        part = pending.pop()
-        if part == ".":
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            resolved.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > 255:
-                raise InvalidArgument(f"too many symlinks resolving {unsafe}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            pending.extend([p for p in target.split("/") if p][::-1])
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved)
 
 
 def _make_mountpoint(dest: str, source_is_file: bool) -> None:
@@ -157,7 +126,7 @@ class RootfsBuilder:
         options = MountOptions(m.get("options"))
         kind = m.get("type") or ("bind" if options.is_bind else "")
         source = m.get("source") or kind
-        dest = secure_join(self.rootfs, m["destination"])
+        dest = resolve_in_root(self.rootfs, m["destination"])
         if kind == "sysfs" and not self.has_network_namespace:
             # A sysfs mount shows the mounter's network devices; sharing the host's netns, bind the host's.
             options.flags |= linux.MS_BIND | linux.MS_REC
@@ -254,7 +223,7 @@ class RootfsBuilder:
             os.umask(old_umask)
 
     def _create_device(self, device: dict) -> None:
-        dest = secure_join(self.rootfs, device["path"])
+        dest = resolve_in_root(self.rootfs, device["path"])
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if self.in_userns:
             # mknod is not allowed in a user namespace: bind the host's node instead.
@@ -279,11 +248,11 @@ class RootfsBuilder:
             links.append(("/proc/kcore", "/dev/core"))
         for target, link in links:
             try:
-                os.symlink(target, secure_join(self.rootfs, link))
+                os.symlink(target, resolve_in_root(self.rootfs, link))
             except FileExistsError:
                 pass
-        ptmx = secure_join(self.rootfs, "/dev/ptmx")
-        if os.path.isdir(secure_join(self.rootfs, "/dev/pts")):
+        ptmx = resolve_in_root(self.rootfs, "/dev/ptmx")
+        if os.path.isdir(resolve_in_root(self.rootfs, "/dev/pts")):
             try:
                 os.unlink(ptmx)
             except FileNotFoundError:

@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from skiff.errors import AlreadyExists, InvalidArgument
+from skiff.rootpath import resolve_in_root
 from skiff.runtime import linux, quickjson, state
 from skiff.runtime.cli import parse_args, parse_size
 from skiff.runtime.container import exit_code, parse_signal
-from skiff.runtime.rootfs import MountOptions, secure_join
+from skiff.runtime.rootfs import MountOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -72,17 +73,17 @@ def test_mount_options_split_flags_propagation_and_data():
     assert o.data == "mode=755,size=64k" and o.is_bind
 
 
-def test_secure_join_never_leaves_the_root(tmp_path):
+def test_resolve_in_root_never_leaves_the_root(tmp_path):
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     os.symlink("/etc", root / "abs")
     os.symlink("../../../../..", root / "up")
     os.symlink("loop", root / "loop")
-    assert secure_join(str(root), "/abs/passwd") == str(root / "etc/passwd")
-    assert secure_join(str(root), "/up/etc") == str(root / "etc")
-    assert secure_join(str(root), "../../x") == str(root / "x")
+    assert resolve_in_root(str(root), "/abs/passwd") == str(root / "etc/passwd")
+    assert resolve_in_root(str(root), "/up/etc") == str(root / "etc")
+    assert resolve_in_root(str(root), "../../x") == str(root / "x")
     with pytest.raises(InvalidArgument):
-        secure_join(str(root), "/loop/x")
+        resolve_in_root(str(root), "/loop/x")
 
 
 def test_container_ids_are_checked_and_claimed_once(tmp_path):
