@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from skiff.cli.kubectl.streams import ChannelSocket, UpgradeRefused
 from skiff.cluster.client.config import ClusterConfig, ConfigError, load_kubeconfig
 
 __all__ = ["TABLE_ACCEPT", "ApiError", "ApiResource", "Client", "ClusterConfig", "ConfigError", "load_config"]
@@ -99,6 +100,33 @@ class Client:
                     yield json.loads(line)
         finally:
             connection.close()
+
+    def stream(self, path: str, query: dict[str, Any] | None = None) -> Iterator[bytes]:
+        """A streamed answer (``pods/log`` with ``follow``), chunk by chunk as the server sends it."""
+        url = self._prefix + path + (f"?{urlencode(query)}" if query else "")
+        connection = self._connection(None)
+        try:
+            connection.request("GET", url, headers=self._headers("*/*", None))
+            response = connection.getresponse()
+            if response.status >= 400:
+                data = response.read()
+                decoded = _decode(data)
+                raise ApiError(response.status, decoded if isinstance(decoded, dict) else {"message": str(decoded)})
+            while chunk := response.read1(65536):
+                yield chunk
+        finally:
+            connection.close()
+
+    def upgrade(self, path: str, query: list[tuple[str, str]]) -> ChannelSocket:
+        """A remote-command WebSocket (``pods/exec``, ``pods/attach``); ApiError when the server refuses."""
+        url = self._prefix + path + "?" + urlencode(query)
+        headers = {"User-Agent": "skiff-kubectl/0.1"}
+        if self.config.token:
+            headers["Authorization"] = f"Bearer {self.config.token}"
+        try:
+            return ChannelSocket.connect(self._host, self._port, url, headers, self._ssl, self.timeout)
+        except UpgradeRefused as refused:
+            raise ApiError(refused.code, refused.status) from None
 
     # --- discovery --------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The verbs of ``skiff kubectl``: get, describe, apply, create, delete, scale, label, annotate.
+"""The verbs of ``skiff kubectl``: get, describe, apply, create, delete, scale, label, annotate here; expose,
+rollout and set image in ``workloads.py``; logs, exec and top in ``pods.py``.
 
 Each verb is a function of the parsed arguments and a ``Client``; it prints what kubectl prints and returns
 the exit code. Objects are read from ``-f`` files (YAML or JSON, several documents, ``-`` for stdin,
@@ -16,7 +17,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from skiff.cli.kubectl import output
+from skiff.cli.kubectl import output, pods, workloads
 from skiff.cli.kubectl.client import TABLE_ACCEPT, ApiError, ApiResource, Client, ConfigError, load_config
 
 Command = Callable[[argparse.Namespace, Client], int]
@@ -487,7 +488,19 @@ _VERB_HELP = {
     "apply": "apply a configuration (server-side apply)", "create": "create resources from files or arguments",
     "delete": "delete resources", "scale": "set the number of replicas",
     "label": "update the labels of resources", "annotate": "update the annotations of resources",
+    "expose": "make a Service for a workload", "rollout": "status, history, undo, restart, pause, resume",
+    "set": "set image: change containers' images", "logs": "print a container's logs",
+    "exec": "run a command in a container", "top": "resource usage (needs the metrics API)",
 }
+
+
+def _namespaced(function: Callable[..., int]) -> Command:
+    """A verb of workloads.py/pods.py, given the request's namespace."""
+
+    def command(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> int:
+        return function(args, client, _namespace(args, client), out, err)
+
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -549,12 +562,68 @@ def verb_parser(verb: str) -> argparse.ArgumentParser:
         sub.set_defaults(function=scale)
         sub.add_argument("resources", nargs="+")
         sub.add_argument("--replicas", type=int)
+    elif verb in ("expose", "rollout", "set", "logs", "exec", "top"):
+        _pod_and_workload_verbs(sub, verb)
     else:
         field, done = ("labels", "labeled") if verb == "label" else ("annotations", "annotated")
         sub.set_defaults(function=_metadata_map_command(field, done))
         sub.add_argument("args", nargs="+", metavar="TYPE NAME KEY=VAL... | KEY-")
         sub.add_argument("--overwrite", action="store_true")
     return sub
+
+
+def _pod_and_workload_verbs(sub: argparse.ArgumentParser, verb: str) -> None:
+    if verb == "expose":
+        sub.set_defaults(function=_namespaced(workloads.expose))
+        sub.add_argument("resources", nargs="+", metavar="TYPE/NAME | TYPE NAME")
+        sub.add_argument("--port")
+        sub.add_argument("--target-port")
+        sub.add_argument("--protocol")
+        sub.add_argument("--type", help="ClusterIP, NodePort, LoadBalancer or ExternalName")
+        sub.add_argument("--name", help="the Service's name (default: the workload's)")
+        sub.add_argument("--selector", dest="selector_override", type=_label_map, help="k=v[,k=v]")
+        sub.add_argument("--cluster-ip")
+        sub.add_argument("--session-affinity")
+        sub.add_argument("--external-ip")
+    elif verb == "rollout":
+        sub.set_defaults(function=_namespaced(workloads.rollout))
+        sub.add_argument("action", metavar="status|history|undo|restart|pause|resume")
+        sub.add_argument("resources", nargs="+", metavar="TYPE/NAME | TYPE NAME")
+        sub.add_argument("-w", "--watch", type=_boolean, default=True, nargs="?", const=True)
+        sub.add_argument("--timeout", type=_seconds, default=0.0)
+        sub.add_argument("--revision", type=int, default=0)
+        sub.add_argument("--to-revision", type=int, default=0)
+    elif verb == "set":
+        sub.set_defaults(function=_namespaced(workloads.set_image))
+        sub.add_argument("what", choices=["image"])
+        sub.add_argument("args", nargs="+", metavar="TYPE/NAME CONTAINER=IMAGE...")
+    elif verb == "logs":
+        sub.set_defaults(function=_namespaced(pods.logs))
+        sub.add_argument("resources", nargs="+", metavar="POD | TYPE/NAME")
+        sub.add_argument("-c", "--container")
+        sub.add_argument("-f", "--follow", action="store_true")
+        sub.add_argument("-p", "--previous", action="store_true")
+        sub.add_argument("--timestamps", action="store_true")
+        sub.add_argument("--tail", type=int, default=-1)
+        sub.add_argument("--since", type=_seconds)
+        sub.add_argument("--since-time")
+        sub.add_argument("--limit-bytes", type=int)
+    elif verb == "exec":
+        sub.set_defaults(function=_namespaced(pods.exec_), command=[])
+        sub.add_argument("resources", nargs="+", metavar="POD | TYPE/NAME")
+        sub.add_argument("-c", "--container")
+        sub.add_argument("-i", "--stdin", action="store_true")
+        sub.add_argument("-t", "--tty", action="store_true")
+    else:
+        sub.set_defaults(function=_namespaced(pods.top))
+        sub.add_argument("what", nargs="+", metavar="node|pod [NAME]")
+
+
+def _label_map(text: str) -> dict[str, str]:
+    try:
+        return dict(pair.split("=", 1) for pair in text.split(",") if pair)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid selector {text!r} (k=v[,k=v])") from None
 
 
 def _boolean(text: str) -> bool:
@@ -577,13 +646,22 @@ def run(argv: list[str], out: TextIO | None = None, err: TextIO | None = None) -
     out = out or sys.stdout
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
-    args = verb_parser(args.verb).parse_intermixed_args(args.rest, namespace=args)
+    rest, command = list(args.rest), []
+    if args.verb == "exec":
+        if "--" not in rest:
+            err.write("error: exec [POD] [COMMAND] is not supported anymore. Use exec [POD] -- [COMMAND] instead\n")
+            return 1
+        split = rest.index("--")
+        rest, command = rest[:split], rest[split + 1:]
+    args = verb_parser(args.verb).parse_intermixed_args(rest, namespace=args)
+    if args.verb == "exec":
+        args.command = command
     try:
         client = Client(load_config(args.kubeconfig, args.context))
         return args.function(args, client, out, err)
     except ApiError as error:
         _report(error, err)
-    except (ConfigError, UsageError, output.JSONPathError) as error:
+    except (ConfigError, UsageError, output.JSONPathError, workloads.WorkloadError) as error:
         err.write(f"error: {error}\n")
     except OSError as error:
         err.write(f"Unable to connect to the server: {error}\n")

@@ -1,0 +1,235 @@
+"""The pod verbs of ``skiff kubectl``: logs, exec and top.
+
+``logs`` streams ``pods/<name>/log``; ``exec`` speaks the remote-command WebSocket (``streams.py``) with
+the terminal in raw mode under ``-t``; both pick a pod for ``TYPE/NAME`` from the workload's selector and
+default the container as kubectl does (the ``kubectl.kubernetes.io/default-container`` annotation, else the
+first). ``top`` reads the metrics API, which a cluster serves only with a metrics server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from skiff.cli.kubectl import streams
+from skiff.cli.kubectl.client import ApiError, Client
+from skiff.cli.kubectl.workloads import WorkloadError, one_target, selector_of
+
+DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
+
+
+def _pod(client: Client, words: list[str], namespace: str, err: TextIO) -> dict[str, Any]:
+    """The pod named by ``POD``, ``pod/POD`` or ``TYPE/NAME`` (then one of the workload's pods)."""
+    if len(words) == 1 and "/" not in words[0]:
+        return client.request("GET", f"/api/v1/namespaces/{namespace}/pods/{words[0]}")
+    resource, name = one_target(client, words)
+    obj = client.request("GET", resource.path(namespace if resource.namespaced else None, name))
+    if resource.kind == "Pod":
+        return obj
+    selector = ",".join(f"{k}={v}" for k, v in selector_of(obj).items())
+    pods = client.request("GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": selector})
+    candidates = sorted(pods.get("items", []), key=_preference)
+    if not candidates:
+        raise WorkloadError(f"no pods found for {resource.name}/{name}")
+    if len(candidates) > 1:
+        err.write(f"Found {len(candidates)} pods, using pod/{candidates[0]['metadata']['name']}\n")
+    return candidates[0]
+
+
+def _preference(pod: dict[str, Any]) -> tuple[int, int, str]:
+    """Running and ready pods first, then the oldest (kubectl's ActivePods ordering, simplified)."""
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    running = status.get("phase") == "Running"
+    return (0 if running else 1, 0 if ready else 1, pod["metadata"].get("creationTimestamp", ""))
+
+
+def _container(pod: dict[str, Any], wanted: str | None, err: TextIO) -> str:
+    if wanted:
+        return wanted
+    containers = [c["name"] for c in pod["spec"].get("containers") or []]
+    if len(containers) == 1:
+        return containers[0]
+    chosen = (pod["metadata"].get("annotations") or {}).get(DEFAULT_CONTAINER)
+    if chosen not in containers:
+        chosen = containers[0]
+        init = [f"{c['name']} (init)" for c in pod["spec"].get("initContainers") or []]
+        err.write(f'Defaulted container "{chosen}" out of: {", ".join(containers + init)}\n')
+    return chosen
+
+
+# --- logs -----------------------------------------------------------------------------------------------
+
+
+def logs(args: argparse.Namespace, client: Client, namespace: str, out: TextIO, err: TextIO) -> int:
+    pod = _pod(client, args.resources, namespace, err)
+    query: dict[str, Any] = {"container": _container(pod, args.container, err)}
+    for flag, name in ((args.follow, "follow"), (args.previous, "previous"), (args.timestamps, "timestamps")):
+        if flag:
+            query[name] = "true"
+    if args.tail is not None and args.tail >= 0:
+        query["tailLines"] = str(args.tail)
+    if args.since:
+        query["sinceSeconds"] = str(int(args.since))
+    if args.since_time:
+        query["sinceTime"] = args.since_time
+    if args.limit_bytes:
+        query["limitBytes"] = str(args.limit_bytes)
+    sink = getattr(out, "buffer", None)
+    for chunk in client.stream(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log", query):
+        if sink is not None:
+            sink.write(chunk)
+            sink.flush()
+        else:
+            out.write(chunk.decode(errors="replace"))
+    return 0
+
+
+# --- exec -----------------------------------------------------------------------------------------------
+
+
+def exec_(args: argparse.Namespace, client: Client, namespace: str, out: TextIO, err: TextIO) -> int:
+    if not args.command:
+        raise WorkloadError("you must specify at least one command for the container")
+    pod = _pod(client, args.resources, namespace, err)
+    container = _container(pod, args.container, err)
+    tty = args.tty
+    if tty and not (args.stdin and os.isatty(0)):
+        err.write("Unable to use a TTY - input is not a terminal or the right kind of file\n")
+        tty = False
+    query = [("command", word) for word in args.command]
+    query += [("container", container), ("stdout", "true")]
+    if args.stdin:
+        query.append(("stdin", "true"))
+    if tty:
+        query.append(("tty", "true"))
+    else:
+        query.append(("stderr", "true"))
+    channel = client.upgrade(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/exec", query)
+    try:
+        with _raw_terminal(tty):
+            if tty:
+                _follow_window_size(channel)
+            if args.stdin:
+                threading.Thread(target=_pump_stdin, args=(channel,), daemon=True).start()
+            status = _copy_output(channel, out, err)
+    finally:
+        channel.close()
+    if status is None:
+        return 0
+    code = streams.exit_code(status)
+    if code and not _has_exit_code(status):
+        err.write(f"error: {status.get('message') or 'the command failed'}\n")
+    elif code:
+        err.write(f"command terminated with exit code {code}\n")
+    return code
+
+
+def _has_exit_code(status: dict[str, Any]) -> bool:
+    return any(c.get("reason") == "ExitCode" for c in (status.get("details") or {}).get("causes") or [])
+
+
+def _copy_output(channel: streams.ChannelSocket, out: TextIO, err: TextIO) -> dict[str, Any] | None:
+    """Stdout and stderr to ours until the server closes; the Status from the error channel, if any."""
+    status = None
+    sinks = {streams.STDOUT: getattr(out, "buffer", None), streams.STDERR: getattr(err, "buffer", None)}
+    texts = {streams.STDOUT: out, streams.STDERR: err}
+    while (message := channel.receive()) is not None:
+        number, data = message
+        if number in sinks:
+            sink = sinks[number]
+            if sink is not None:
+                sink.write(data)
+                sink.flush()
+            else:
+                texts[number].write(data.decode(errors="replace"))
+        elif number == streams.ERROR and data:
+            try:
+                status = json.loads(data)
+            except ValueError:
+                status = {"status": "Failure", "message": data.decode(errors="replace")}
+    return status
+
+
+def _pump_stdin(channel: streams.ChannelSocket) -> None:
+    try:
+        while data := os.read(0, 65536):
+            channel.send(streams.STDIN, data)
+        channel.close_stdin()
+    except OSError:
+        pass  # the connection went away: the main thread sees it too
+
+
+@contextlib.contextmanager
+def _raw_terminal(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(0)
+    tty.setraw(0)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def _follow_window_size(channel: streams.ChannelSocket) -> None:
+    def send_size(*_: object) -> None:
+        size = shutil.get_terminal_size()
+        with contextlib.suppress(OSError):
+            channel.resize(size.columns, size.lines)
+
+    send_size()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGWINCH, send_size)
+
+
+# --- top ------------------------------------------------------------------------------------------------
+
+
+def top(args: argparse.Namespace, client: Client, namespace: str, out: TextIO, err: TextIO) -> int:
+    """``top pod|node`` from metrics.k8s.io; without a metrics server, kubectl's own error."""
+    try:
+        client.request("GET", "/apis/metrics.k8s.io/v1beta1")
+    except ApiError as error:
+        if error.code in (404, 503):
+            raise WorkloadError("Metrics API not available") from None
+        raise
+    what = args.what[0] if args.what else ""
+    if what in ("node", "nodes", "no"):
+        items = client.request("GET", "/apis/metrics.k8s.io/v1beta1/nodes").get("items", [])
+        usages = [(item["metadata"]["name"], [item.get("usage") or {}]) for item in items]
+    elif what in ("pod", "pods", "po"):
+        items = client.request("GET", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods").get("items", [])
+        usages = [(item["metadata"]["name"], [c.get("usage") or {} for c in item.get("containers") or []])
+                  for item in items]
+    else:
+        raise WorkloadError("top needs a resource: node or pod")
+    out.write(f"{'NAME':<40}{'CPU(cores)':<13}{'MEMORY(bytes)'}\n")
+    for name, parts in usages:
+        cpu = sum(_quantity(u.get("cpu", "0")) for u in parts)
+        memory = sum(_quantity(u.get("memory", "0")) for u in parts)
+        out.write(f"{name:<40}{f'{round(cpu * 1000)}m':<13}{round(memory / 2**20)}Mi\n")
+    return 0
+
+
+_SUFFIXES = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _quantity(text: str) -> float:
+    """A Kubernetes quantity (``250m``, ``1.5``, ``128Mi``) as a number."""
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * _SUFFIXES[suffix]
+    return float(text)
