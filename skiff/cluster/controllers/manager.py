@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterable
 
 from skiff.cluster.client import ApiClient, ClusterConfig, Controller, SharedInformers
 from skiff.cluster.controllers.deployment import DeploymentController
+from skiff.cluster.controllers.endpoints import EndpointsController
+from skiff.cluster.controllers.endpointslice import EndpointSliceController
 from skiff.cluster.controllers.garbagecollector import GarbageCollector
+from skiff.cluster.controllers.namespace import NamespaceController
+from skiff.cluster.controllers.nodeipam import NodeIpamController
+from skiff.cluster.controllers.nodelifecycle import NodeLifecycleController
+from skiff.cluster.controllers.options import ControllerOptions
 from skiff.cluster.controllers.replicaset import ReplicaSetController
+from skiff.cluster.controllers.serviceaccounts import (
+    RootCACertPublisher,
+    ServiceAccountsController,
+    TokensController,
+)
+from skiff.cluster.controllers.servicelb import ServiceLBController
+from skiff.cluster.controllers.tainteviction import TaintEvictionController
 from skiff.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -24,13 +38,25 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "replicaset": ReplicaSetController,
     "deployment": DeploymentController,
     "garbagecollector": GarbageCollector,
+    "endpoints": EndpointsController,
+    "endpointslice": EndpointSliceController,
+    "namespace": NamespaceController,
+    "serviceaccount": ServiceAccountsController,
+    "root-ca-cert-publisher": RootCACertPublisher,
+    "serviceaccount-token": TokensController,
+    "nodeipam": NodeIpamController,
+    "nodelifecycle": NodeLifecycleController,
+    "taint-eviction-controller": TaintEvictionController,
+    "servicelb": ServiceLBController,
 }
 USER_AGENT = "skiff-controller-manager/0.1"
 
 
 class ControllerManager:
-    def __init__(self, config: ClusterConfig, enabled: Iterable[str] | None = None) -> None:
+    def __init__(self, config: ClusterConfig, enabled: Iterable[str] | None = None,
+                 options: ControllerOptions | None = None) -> None:
         self.config = config
+        self.options = options or ControllerOptions()
         self.enabled = list(CONTROLLERS) if enabled is None else list(enabled)
         unknown = [name for name in self.enabled if name not in CONTROLLERS]
         if unknown:
@@ -41,7 +67,7 @@ class ControllerManager:
         """Run the enabled controllers until cancelled."""
         async with ApiClient.from_config(self.config, user_agent=USER_AGENT) as client:
             informers = SharedInformers(client)
-            controllers = [CONTROLLERS[name](client, informers) for name in self.enabled]  # type: ignore[call-arg]
+            controllers = [_make(CONTROLLERS[name], client, informers, self.options) for name in self.enabled]
             log.info("controller manager: running %s against %s", ", ".join(self.enabled), self.config.server)
             try:
                 await asyncio.gather(*(controller.run() for controller in controllers))
@@ -60,6 +86,14 @@ class ControllerManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+def _make(cls: type[Controller], client: ApiClient, informers: SharedInformers,
+          options: ControllerOptions) -> Controller:
+    """A controller, given the options if its constructor takes them (configurable controllers do)."""
+    if "options" in inspect.signature(cls).parameters:
+        return cls(client, informers, options=options)  # type: ignore[call-arg]
+    return cls(client, informers)  # type: ignore[arg-type]
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -209,7 +209,7 @@ class ReplicaSetController(Controller):
             if errors:
                 raise errors[0]
 
-    async def _create_pods(self, rs: Obj, count: int) -> tuple[int, ApiStatusError | None]:
+    async def _create_pods(self, rs: Obj, count: int) -> tuple[int, Exception | None]:
         """Slow start: batches of 1, 2, 4, ...; the first failing batch ends it. ``(created, error)``."""
         body = pod_from_template(rs)
         namespace = rs["metadata"].get("namespace")
@@ -222,11 +222,12 @@ class ReplicaSetController(Controller):
             created += size - len(failures)
             if failures:
                 error = failures[0]
-                if isinstance(error, ApiStatusError):
-                    if error.forbidden and "being terminated" in error.message:
-                        return created, None  # the namespace is going: nothing to create into
-                    return created, error
-                raise error
+                if isinstance(error, asyncio.CancelledError):
+                    raise error
+                if isinstance(error, ApiStatusError) and error.forbidden and "being terminated" in error.message:
+                    return created, None  # the namespace is going: nothing to create into
+                # Any other failure (a timeout too) ends the slow start; the caller stops expecting the rest.
+                return created, error if isinstance(error, Exception) else RuntimeError(str(error))
             batch *= 2
         return created, None
 
@@ -250,6 +251,11 @@ class ReplicaSetController(Controller):
             self.expectations.deletion_observed(key, object_key(pod))  # no event will come for it
             if not (exc.not_found or exc.conflict):  # gone already (or replaced): as good as deleted
                 raise
+        except BaseException:
+            # A timeout or a lost connection: the delete may or may not have happened. Stop waiting for it
+            # (as kube does on any error), or this ReplicaSet would not be synced again until the TTL.
+            self.expectations.deletion_observed(key, object_key(pod))
+            raise
 
     # --- status -----------------------------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ Each hollow node is a real Node object (capacity, allocatable, a Ready condition
 Lease in ``kube-node-lease`` is renewed every ``lease_interval`` seconds, the renewals of all nodes spread
 evenly over the interval. One pod watch serves them all (pods with a node, filtered locally to ours): a pod
 bound to a hollow node is marked Running and Ready with an address from its node's pod CIDR, without any
-container; a pod being deleted gracefully is deleted for good (grace 0), as a kubelet confirms a deletion
-once its containers are gone.
+container (and Ready again when something else marked it not Ready: the node lifecycle controller does while
+the node is silent); a pod being deleted gracefully is deleted for good (grace 0), as a kubelet confirms a
+deletion once its containers are gone.
 """
 
 from __future__ import annotations
@@ -93,6 +94,16 @@ def pod_cidrs(cluster_cidr: str, mask_size: int, count: int) -> list[ipaddress.I
                               f"pass a larger --cluster-cidr or --node-cidr-mask-size")
     size = 1 << (network.max_prefixlen - mask_size)
     return [ipaddress.ip_network((int(network.network_address) + i * size, mask_size)) for i in range(count)]
+
+
+def _needs_status(status: dict[str, Any]) -> bool:
+    """Whether a pod's status is not yet what this node reports: not started, or Running but marked not Ready
+    (by the node lifecycle controller while this node was silent; a kubelet reports it Ready again)."""
+    phase = status.get("phase")
+    if phase in ("Succeeded", "Failed"):
+        return False
+    return phase != "Running" or not any(c.get("type") == "Ready" and c.get("status") == "True"
+                                         for c in status.get("conditions") or ())
 
 
 def _now() -> str:
@@ -259,7 +270,7 @@ class HollowNodes:
         meta, status = pod["metadata"], pod.get("status") or {}
         if status.get("podIP") and status.get("phase") == "Running":
             node.claim(meta.get("uid") or "", status["podIP"])
-        if meta.get("deletionTimestamp") or status.get("phase") not in ("Running", "Succeeded", "Failed"):
+        if meta.get("deletionTimestamp") or _needs_status(status):
             self.work.add(f"{meta.get('namespace')}/{meta['name']}")
 
     def _pod_gone(self, pod: dict[str, Any]) -> None:
@@ -299,7 +310,7 @@ class HollowNodes:
                 if not (exc.not_found or exc.conflict):
                     raise
             return
-        if (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
+        if not _needs_status(pod.get("status") or {}):
             return
         try:
             await self.client.patch(PODS, meta["name"], {"status": self.running_status(pod, node)},
