@@ -76,6 +76,24 @@ async def test_a_watcher_that_falls_behind_resumes_from_the_log(tmp_path: Path,
         await watch.close()
 
 
+async def test_ready_hands_over_a_burst_in_order_and_never_skips_history(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(localwatch, "REPLAY_PAGE", 4)
+    async with await SQLiteStore.open(tmp_path / "store.db") as store:
+        start = await store.current_revision() + 1
+        async with await store.watch("/k/", start) as watch:
+            assert watch.ready() == []  # history not read yet: nothing is at hand without the log
+            history = [await store.create(f"/k/{i}", b"") for i in range(10)]
+            burst = await asyncio.gather(*(store.create(f"/k/b{i}", b"") for i in range(5)))  # one commit
+            seen = []
+            while len(seen) < 15:
+                seen += [(await watch.__anext__()).revision, *(e.revision for e in watch.ready())]
+            assert seen == history + sorted(burst)
+            assert watch.ready() == []
+            later = await asyncio.gather(*(store.create(f"/k/c{i}", b"") for i in range(3)))
+            assert [(await watch.__anext__()).revision, *(e.revision for e in watch.ready())] == sorted(later)
+
+
 async def test_a_watcher_behind_compacted_history_gets_compacted(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(localwatch, "MAX_BUFFERED", 10)

@@ -1,7 +1,8 @@
 """Authentication (who is asking) and RBAC authorization (may they), as kube-apiserver does them.
 
 Authentication: a client certificate signed by the cluster CA (CN = user, O = groups), or a bearer
-token from the static token file (kube's CSV format: ``token,user,uid,"group1,group2"``). Everyone
+token from the static token file (kube's CSV format: ``token,user,uid,"group1,group2"``), or a service
+account's token (``tokens.py``; checked by the server after these, as it may read the store). Everyone
 authenticated is also in ``system:authenticated``. Anonymous requests get 401, except the health and
 version endpoints.
 
@@ -39,6 +40,7 @@ class User:
     name: str
     groups: tuple[str, ...] = ()
     uid: str = ""
+    extra: tuple[tuple[str, str], ...] = ()  # (key, value): what a service-account token says of its use
 
     @property
     def is_master(self) -> bool:
@@ -196,15 +198,15 @@ def _binding(name: str, role: str, group: str, kind: str = "Group") -> Obj:
 # What the controllers (skiff/cluster/controllers) read and write, as user system:kube-controller-manager.
 _CONTROLLED = ["pods", "pods/status", "replicasets", "replicasets/status", "replicasets/scale", "deployments",
                "deployments/status", "deployments/scale", "events", "endpoints", "endpointslices", "services",
-               "services/status", "serviceaccounts", "secrets", "configmaps", "namespaces", "namespaces/status",
-               "namespaces/finalize", "nodes", "nodes/status", "leases"]
+               "services/status", "serviceaccounts", "serviceaccounts/token", "secrets", "configmaps", "namespaces",
+               "namespaces/status", "namespaces/finalize", "nodes", "nodes/status", "leases"]
 
 
 def bootstrap_policy() -> list[tuple[str, Obj]]:
     """``(plural, object)`` for each default ClusterRole and ClusterRoleBinding."""
     workloads = ["pods", "services", "endpoints", "configmaps", "secrets", "events", "serviceaccounts",
                  "deployments", "deployments/scale", "replicasets", "replicasets/scale", "leases", "endpointslices",
-                 "pods/log", "pods/exec"]
+                 "pods/log", "pods/exec", "pods/attach"]
     return [
         ("clusterroles", _role("cluster-admin", [{"apiGroups": _ALL, "resources": _ALL, "verbs": _ALL},
                                                  {"nonResourceURLs": _ALL, "verbs": _ALL}])),
@@ -226,9 +228,18 @@ def bootstrap_policy() -> list[tuple[str, Obj]]:
         ("clusterrolebindings", _binding("system:discovery", "system:discovery", AUTHENTICATED)),
         ("clusterrolebindings", _binding("system:basic-user", "system:basic-user", AUTHENTICATED)),
         ("clusterrolebindings", _binding("system:node", "system:node", NODE_GROUP)),
+        # service accounts may read the OIDC discovery of their tokens' issuer (tokens.py)
+        ("clusterroles", _role("system:service-account-issuer-discovery", [
+            {"nonResourceURLs": ["/.well-known/openid-configuration", "/.well-known/openid-configuration/",
+                                 "/openid/v1/jwks", "/openid/v1/jwks/"], "verbs": ["get"]}])),
+        ("clusterrolebindings", _binding("system:service-account-issuer-discovery",
+                                         "system:service-account-issuer-discovery", "system:serviceaccounts")),
         ("clusterroles", _role(CONTROLLER_MANAGER_USER, [
             {"apiGroups": ["", "apps", "coordination.k8s.io", "discovery.k8s.io"], "resources": _CONTROLLED,
-             "verbs": _ALL}])),
+             "verbs": _ALL},
+            # the namespace controller empties a terminating namespace of every resource (kube's
+            # system:controller:namespace-controller)
+            {"apiGroups": _ALL, "resources": _ALL, "verbs": ["get", "list", "watch", "delete", "deletecollection"]}])),
         ("clusterrolebindings", _binding(CONTROLLER_MANAGER_USER, CONTROLLER_MANAGER_USER, CONTROLLER_MANAGER_USER,
                                          kind="User")),
         # kube's system:kube-scheduler: read the cluster, bind pods, note why a pod waits

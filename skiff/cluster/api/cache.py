@@ -68,8 +68,10 @@ class WatchCache:
             try:
                 async with await self.store.watch(ROOT, self.revision + 1) as watch:
                     async for event in watch:
-                        self._apply(event.type, event.kv)
-                        self._advance(event.revision)
+                        burst = [event, *watch.ready()]  # a commit's changes together: one advance for all
+                        for change in burst:
+                            self._apply(change.type, change.kv)
+                        self._advance(burst[-1].revision)
                 return  # the store closed
             except Compacted:
                 await self._load()  # fell behind past the store's history: start over from a fresh list
@@ -106,7 +108,8 @@ class WatchCache:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((target, waiter))
         try:
-            await asyncio.wait_for(waiter, SYNC_TIMEOUT)
+            async with asyncio.timeout(SYNC_TIMEOUT):  # no task per wait, unlike wait_for: every read may wait
+                await waiter
         except TimeoutError:
             log.warning("watch cache is behind the store (at %d, store at %d): reading the store", self.revision,
                         target)

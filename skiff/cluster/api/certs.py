@@ -27,6 +27,7 @@ from skiff.atomicfile import write_atomically
 VALIDITY = datetime.timedelta(days=3650)
 ADMIN_USER, ADMIN_GROUP = "system:admin", "system:masters"
 NODE_GROUP = "system:nodes"
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"  # the API server's identity towards kubelets (kubeadm's)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,22 @@ class ClusterPKI:
             self._issue(pair, _name(f"system:node:{node_name}", (NODE_GROUP,)))
         return pair
 
+    def kubelet_client_credentials(self) -> KeyPair:
+        """The API server's client certificate for calling kubelets (logs, exec); no groups, so it is nobody
+        to the API server itself (made once)."""
+        pair = KeyPair(self.dir / "kubelet-client.crt", self.dir / "kubelet-client.key")
+        if not pair.cert_path.exists():
+            self._issue(pair, _name(KUBELET_CLIENT_USER))
+        return pair
+
+    def kubelet_serving_credentials(self, node_name: str, hosts: list[str]) -> KeyPair:
+        """The serving certificate of the kubelet API on ``node_name``, naming ``hosts`` (its addresses and
+        names); kube's CN=system:node:NAME, O=system:nodes. Remade when ``hosts`` grow."""
+        pair = KeyPair(self.dir / f"kubelet-serving-{node_name}.crt", self.dir / f"kubelet-serving-{node_name}.key")
+        if not self._serving_names_cover(hosts, pair):
+            self._issue(pair, _name(f"system:node:{node_name}", (NODE_GROUP,)), server_hosts=hosts)
+        return pair
+
     def _make_ca(self) -> None:
         key = _new_key()
         name = _name("skiff-ca")
@@ -115,10 +132,11 @@ class ClusterPKI:
         write_atomically(pair.key_path, _key_pem(key), mode=0o600)
         write_atomically(pair.cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
-    def _serving_names_cover(self, hosts: list[str]) -> bool:
-        if not (self.serving.cert_path.exists() and self.serving.key_path.exists()):
+    def _serving_names_cover(self, hosts: list[str], pair: KeyPair | None = None) -> bool:
+        pair = pair or self.serving
+        if not (pair.cert_path.exists() and pair.key_path.exists()):
             return False
-        cert = x509.load_pem_x509_certificate(self.serving.cert_pem())
+        cert = x509.load_pem_x509_certificate(pair.cert_pem())
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:

@@ -22,6 +22,7 @@ from skiff.cluster.api import patch as patches
 from skiff.cluster.api.auth import Attributes, RBACAuthorizer, User
 from skiff.cluster.api.lifecycle import DeleteOptions
 from skiff.cluster.api.objects import Obj, dumps, from_kv, meta, with_revision
+from skiff.cluster.api.podproxy import PodProxy
 from skiff.cluster.api.resources import ResourceType
 from skiff.cluster.api.rest import RETURNS_DELETED, Entry, Registry, parse_revision
 from skiff.cluster.api.routing import RequestInfo
@@ -37,6 +38,7 @@ from skiff.cluster.api.status import (
     success_status,
     unsupported_media_type,
 )
+from skiff.cluster.api.tokens import ServiceAccountTokens
 
 JSON = "application/json"
 BODY_TYPES = (JSON, "application/yaml", "application/x-yaml", "text/yaml", "*/*", "")
@@ -151,6 +153,8 @@ class ResourceHandler:
     def __init__(self, registry: Registry, authorizer: RBACAuthorizer) -> None:
         self.registry = registry
         self.authorizer = authorizer
+        self.pod_proxy: PodProxy | None = None  # pods/log, exec and attach, through the pod's kubelet
+        self.tokens: ServiceAccountTokens | None = None  # serviceaccounts/token
 
     async def handle(self, request: web.Request, info: RequestInfo) -> web.StreamResponse:
         t = info.type
@@ -329,6 +333,8 @@ class ResourceHandler:
         body["apiVersion"], body["kind"] = t.group_version, t.kind
         if t.plural == "selfsubjectreviews":
             body["status"] = {"userInfo": {"username": user.name, "uid": user.uid, "groups": list(user.groups)}}
+            if user.extra:
+                body["status"]["userInfo"]["extra"] = {key: [value] for key, value in user.extra}
             return json_response(body, 201)
         spec = body.get("spec") or {}
         resource, plain = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
@@ -348,7 +354,7 @@ class ResourceHandler:
     # Subresources ------------------------------------------------------------------------------------------
 
     async def _subresource(self, request: web.Request, info: RequestInfo, t: ResourceType, namespace: str | None,
-                           renderer: Renderer) -> web.Response:
+                           renderer: Renderer) -> web.StreamResponse:
         sub, name, method = info.subresource, info.name, request.method
         if sub == "status":
             if method == "GET":
@@ -363,12 +369,14 @@ class ResourceHandler:
             return await self._bind(request, t, namespace, name)
         elif sub == "finalize" and method == "PUT":
             return await self._finalize(request, t, name)
-        elif sub in ("log", "exec"):
+        elif sub == "token" and method == "POST" and self.tokens is not None:
+            body = parse_body(await request.read(), _content_type(request))
+            return json_response(await self.tokens.token_request(namespace or "", name, body), 201)
+        elif sub in ("log", "exec", "attach"):
             pod = await self.registry.get(t, namespace, name)
-            if not (pod.get("spec") or {}).get("nodeName"):
-                raise bad_request(f"pod {name} does not have a host assigned")
-            raise ApiError(503, "ServiceUnavailable", f"no node agent serves pod {name} on node "
-                           f"{pod['spec']['nodeName']}")
+            if self.pod_proxy is None:
+                raise ApiError(503, "ServiceUnavailable", f"pods/{sub} is not served by this API server")
+            return await self.pod_proxy.handle(request, pod, sub)
         raise method_not_allowed()
 
     async def _scale(self, request: web.Request, t: ResourceType, namespace: str | None, name: str) -> web.Response:
@@ -403,22 +411,16 @@ class ResourceHandler:
 
     async def _bind(self, request: web.Request, t: ResourceType, namespace: str | None, name: str) -> web.Response:
         binding = parse_body(await request.read(), _content_type(request))
-        node = ((binding or {}).get("target") or {}).get("name") if isinstance(binding, dict) else None
-        if not node:
+        binding = binding if isinstance(binding, dict) else {}
+        target = binding.get("target") if isinstance(binding.get("target"), dict) else {}
+        node = target.get("name")
+        if not node or not isinstance(node, str):
             raise invalid("Binding", "", name, [FieldError("target.name", "Required")])
-
-        def bind(pod: Obj) -> Obj:
-            spec = pod.setdefault("spec", {})
-            if spec.get("nodeName"):
-                raise conflict(t.plural, t.group, name, f"pod {name} is already assigned to node "
-                               f"\"{spec['nodeName']}\"")
-            if meta(pod).get("deletionTimestamp"):
-                raise conflict(t.plural, t.group, name, f"pod {name} is being deleted, cannot be assigned to a host")
-            spec["nodeName"] = node
-            meta(pod).pop("resourceVersion", None)
-            return pod
-        await self.registry.update(t, namespace, name, bind)
-        return json_response(success_status(), 201)
+        binding_meta = binding.get("metadata") if isinstance(binding.get("metadata"), dict) else {}
+        annotations = binding_meta.get("annotations")
+        await self.registry.bind(namespace or "", name, node, binding_meta.get("uid") or None,
+                                 annotations if isinstance(annotations, dict) else None)
+        return json_response(_BOUND, 201)
 
     async def _finalize(self, request: web.Request, t: ResourceType, name: str) -> web.Response:
         body = parse_body(await request.read(), _content_type(request))
@@ -430,6 +432,9 @@ class ResourceHandler:
             return ns
         obj, _ = await self.registry.update(t, None, name, finalize, "finalize")
         return json_response(obj)
+
+
+_BOUND = dumps(success_status())  # every binding's answer: the same Status
 
 
 def check_fields(request: web.Request, t: ResourceType, obj: Obj) -> None:

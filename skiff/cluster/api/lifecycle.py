@@ -4,10 +4,10 @@
   deleted its dependents (objects whose ``ownerReferences`` name it) are deleted too (Background), or
   first, the owner waiting with the ``foregroundDeletion`` finalizer (Foreground), or they are kept with
   the reference removed (Orphan).
-* ``Namespaces`` is kube's namespace controller: a deleted namespace is Terminating until everything in
-  it is deleted, then it goes; a new one gets its ``default`` ServiceAccount.
+* ``Namespaces`` is the API side of a namespace's deletion: a deleted namespace is Terminating (closed to new
+  objects) until its finalizers are gone; the namespace controller empties it and removes its finalizer.
 
-Both work through the ``Registry`` like any client would, as background tasks the registry owns.
+``Dependents`` works through the ``Registry`` like any client would, as background tasks the registry owns.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from skiff.cluster.api.objects import Obj, encode, from_kv, meta, now_rfc3339, owned_by
+from skiff.cluster.api.objects import Obj, encode, meta, now_rfc3339, owned_by
 from skiff.cluster.api.resources import BY_PATH, STORED, ResourceType
 from skiff.cluster.api.selectors import MATCH_ALL
-from skiff.cluster.api.status import ApiError, bad_request
+from skiff.cluster.api.status import ApiError, bad_request, forbidden, not_found
 from skiff.cluster.store import KeyValue
 from skiff.errors import Conflict, NotFound
 
@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 NAMESPACES = BY_PATH[("", "v1", "namespaces")]
 FOREGROUND = "foregroundDeletion"
 FOREGROUND_PATIENCE = 600  # polls (0.2 s apart) a Foreground deletion waits for its dependents
-NAMESPACE_PATIENCE = 3000  # polls a namespace waits for its contents (pods stopping on their nodes)
+# kube's NamespaceLifecycle admission refuses deleting the first three; kube-node-lease holds the nodes'
+# heartbeats, which the node lifecycle controller relies on.
+IMMORTAL = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 
 
 @dataclass
@@ -150,23 +152,45 @@ class Dependents:
 
 
 class Namespaces:
-    """Namespace creation and deletion, as kube's controllers see to them."""
+    """The API server's part of a namespace's lifecycle (kube's namespace registry and its NamespaceLifecycle
+    admission plugin); emptying a namespace is the namespace controller's (skiff/cluster/controllers).
+
+    A new namespace carries the ``kubernetes`` finalizer in ``spec.finalizers`` (validation's defaults). A
+    DELETE marks it Terminating (``deletionTimestamp``, ``status.phase``), after which creations in it are
+    refused; once the controller has removed the content it drops its finalizer through
+    ``namespaces/<name>/finalize`` and that update, leaving no finalizer of either kind, deletes the namespace.
+    A namespace without finalizers goes at once. The system's namespaces may not be deleted.
+    """
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    async def created(self, namespace: str) -> None:
-        """Kube's service-account controller gives every namespace a ``default`` ServiceAccount."""
-        try:
-            await self.registry.create(BY_PATH[("", "v1", "serviceaccounts")], namespace, {
-                "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})
-        except ApiError:
-            pass  # exists already, or the namespace is going away
+    @staticmethod
+    def check_deletable(name: str) -> None:
+        if name in IMMORTAL:
+            raise forbidden(f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                            {"name": name, "kind": "namespaces"})
+
+    @staticmethod
+    def prepare_update(live: Obj, new: Obj, subresource: str | None) -> None:
+        """``spec.finalizers`` change only through ``finalize`` (and status only through ``status``): a PUT of
+        a manifest without them must not let a namespace skip its content's deletion."""
+        if subresource == "finalize":
+            return
+        finalizers = (live.get("spec") or {}).get("finalizers")
+        spec = new.setdefault("spec", {})
+        if finalizers is None:
+            spec.pop("finalizers", None)
+        else:
+            spec["finalizers"] = finalizers
 
     async def start_deletion(self, kv: KeyValue, live: Obj) -> Obj:
-        """Mark the namespace Terminating (creates in it are refused from now on) and start emptying it."""
+        """Mark the namespace Terminating (creations in it are refused from now on), or delete it now when
+        nothing holds it. A repeated DELETE answers with its current state."""
         m = meta(live)
-        if not m.get("deletionTimestamp"):
+        if not finalized(live):
+            if m.get("deletionTimestamp"):
+                return live
             marked = copy.deepcopy(live)
             meta(marked)["deletionTimestamp"] = now_rfc3339()
             meta(marked)["deletionGracePeriodSeconds"] = 0
@@ -176,44 +200,17 @@ class Namespaces:
             except Conflict:
                 return await self.registry.delete(NAMESPACES, None, m["name"], DeleteOptions()) or live
             meta(marked)["resourceVersion"] = str(revision)
-            live = marked
-        self.registry.spawn(self.finish(m["name"]))
+            return marked
+        try:
+            revision, _ = await self.registry.store.delete(kv.key, kv.mod_revision)
+        except Conflict:
+            return await self.registry.delete(NAMESPACES, None, m["name"], DeleteOptions()) or live
+        except NotFound:
+            raise not_found("namespaces", "", m["name"]) from None
+        m["resourceVersion"] = str(revision)
         return live
 
-    async def finish(self, namespace: str) -> None:
-        """Empty a terminating namespace, then remove it (kube's namespace controller)."""
-        for _ in range(NAMESPACE_PATIENCE):
-            if await self._delete_contents(namespace) == 0:
-                break
-            await asyncio.sleep(0.2)
-        store = self.registry.store
-        kv = await store.get(NAMESPACES.key(None, namespace))
-        if kv is None or meta(from_kv(kv)).get("finalizers"):
-            return  # gone already, or someone else's finalizer holds it: they remove it and delete again
-        try:
-            await store.delete(kv.key, kv.mod_revision)
-        except (NotFound, Conflict):
-            pass
 
-    async def _delete_contents(self, namespace: str) -> int:
-        """Delete what is in the namespace; how many objects were still there."""
-        remaining = 0
-        for t in STORED:
-            if not t.namespaced:
-                continue
-            items, _, _ = await self.registry.list(t, namespace, MATCH_ALL)
-            remaining += len(items)
-            for item in items:
-                if not meta(item).get("deletionTimestamp"):
-                    try:
-                        await self.registry.delete(t, namespace, meta(item)["name"], DeleteOptions())
-                    except ApiError:
-                        pass
-        return remaining
-
-    async def resume(self) -> None:
-        """After a restart: carry on with the namespaces that were being deleted."""
-        namespaces, _, _ = await self.registry.list(NAMESPACES, None, MATCH_ALL)
-        for ns in namespaces:
-            if meta(ns).get("deletionTimestamp"):
-                self.registry.spawn(self.finish(meta(ns)["name"]))
+def finalized(namespace: Obj) -> bool:
+    """Nothing holds the namespace: no finalizer in its metadata nor in its spec."""
+    return not meta(namespace).get("finalizers") and not (namespace.get("spec") or {}).get("finalizers")

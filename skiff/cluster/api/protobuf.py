@@ -99,6 +99,12 @@ SCHEMAS: dict[str, F] = {
                            6: ("subresource", "str", False), 7: ("name", "str", False)},
     "NonResourceAttributes": {1: ("path", "str", False), 2: ("verb", "str", False)},
     "SelfSubjectReview": {1: ("metadata", "ObjectMeta", False)},
+    # `kubectl create token` (authentication.k8s.io/v1)
+    "TokenRequest": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "TokenRequestSpec", False)},
+    "TokenRequestSpec": {1: ("audiences", "str", True), 4: ("expirationSeconds", "int", False),
+                         3: ("boundObjectRef", "BoundObjectReference", False)},
+    "BoundObjectReference": {1: ("kind", "str", False), 2: ("apiVersion", "str", False), 3: ("name", "str", False),
+                             4: ("uid", "str", False)},
 }
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 SUB_VERBS = {"status": ("get", "patch", "update"), "scale": ("get", "patch", "update"),
-             "log": ("get",), "exec": ("create", "get"), "binding": ("create",), "finalize": ("update",)}
+             "log": ("get",), "exec": ("create", "get"), "attach": ("create", "get"), "binding": ("create",),
+             "finalize": ("update",), "token": ("create",)}
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,14 @@ def _t(group: str, kind: str, plural: str, namespaced: bool = True, short: tuple
 
 CATALOGUE: tuple[ResourceType, ...] = (
     _t("", "Namespace", "namespaces", False, ("ns",), sub=("status", "finalize")),
-    _t("", "Pod", "pods", short=("po",), all_=True, sub=("status", "log", "exec", "binding")),
+    _t("", "Pod", "pods", short=("po",), all_=True, sub=("status", "log", "exec", "attach", "binding")),
     _t("", "Service", "services", short=("svc",), all_=True, sub=("status",)),
     _t("", "Endpoints", "endpoints", short=("ep",), create_on_update=True),
     _t("", "Node", "nodes", False, ("no",), sub=("status",)),
     _t("", "ConfigMap", "configmaps", short=("cm",)),
     _t("", "Secret", "secrets"),
     _t("", "Event", "events", short=("ev",)),
-    _t("", "ServiceAccount", "serviceaccounts", short=("sa",)),
+    _t("", "ServiceAccount", "serviceaccounts", short=("sa",), sub=("token",)),
     _t("apps", "Deployment", "deployments", short=("deploy",), all_=True, sub=("status", "scale"), generation=True),
     _t("apps", "ReplicaSet", "replicasets", short=("rs",), all_=True, sub=("status", "scale"), generation=True),
     _t("coordination.k8s.io", "Lease", "leases", create_on_update=True),

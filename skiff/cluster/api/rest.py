@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import random
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,7 @@ from skiff.cluster.api import validation
 from skiff.cluster.api.allocators import ServiceAllocator
 from skiff.cluster.api.cache import WatchCache
 from skiff.cluster.api.lifecycle import FOREGROUND, DeleteOptions, Dependents, Namespaces
+from skiff.cluster.api.lifecycle import finalized as namespace_finalized
 from skiff.cluster.api.mirror import StoreMirror
 from skiff.cluster.api.objects import (
     Obj,
@@ -52,6 +54,7 @@ from skiff.cluster.api.status import (
     forbidden,
     invalid,
     not_found,
+    qualified,
     timeout,
 )
 from skiff.cluster.store import Compacted, KeyValue, Store
@@ -83,8 +86,9 @@ class Registry:
     """Every verb over every type, on one store."""
 
     def __init__(self, store: Store, allocator: ServiceAllocator, mirror: StoreMirror | None = None,
-                 cache: WatchCache | None = None) -> None:
+                 cache: WatchCache | None = None, toleration_seconds: tuple[int, int] = (300, 300)) -> None:
         self.store = store
+        self.toleration_seconds = toleration_seconds  # DefaultTolerationSeconds admission: (not-ready, unreachable)
         self.cache = cache
         self.allocator = allocator
         # namespaces as the mirror has them: a fast path for the check every create makes
@@ -172,7 +176,7 @@ class Registry:
     async def create(self, t: ResourceType, namespace: str | None, obj: Obj, dry_run: bool = False) -> Obj:
         obj = self._prepare_create(t, namespace, obj)
         if t.namespaced:
-            await self._check_namespace_open(namespace or "")
+            await self._check_namespace_open(namespace or "", t, meta(obj).get("name", ""))
         if t is SERVICES:
             errors = await self.allocator.assign(obj, None)
             if errors:
@@ -192,8 +196,6 @@ class Registry:
             raise
         meta(obj)["resourceVersion"] = str(revision)
         self.dependents.note(t, obj)
-        if t is NAMESPACES:
-            self.spawn(self.namespaces.created(name))
         return obj
 
     def _prepare_create(self, t: ResourceType, namespace: str | None, obj: Obj) -> Obj:
@@ -214,13 +216,15 @@ class Registry:
         if t.has_status and t.plural in ("pods", "deployments", "replicasets", "services"):
             obj.pop("status", None)  # status is the controllers' and kubelets' to write
         validation.default(t, obj)
+        if t.plural == "pods":
+            validation.default_toleration_seconds(obj, *self.toleration_seconds)
         tidy_metadata(obj)
         errors = validation.validate(t, obj)
         if errors:
             raise invalid(t.kind, t.group, m.get("name") or "", errors)
         return obj
 
-    async def _check_namespace_open(self, namespace: str) -> None:
+    async def _check_namespace_open(self, namespace: str, t: ResourceType, name: str) -> None:
         key = NAMESPACES.key(None, namespace)
         ns = self._namespaces.get(key) if self._namespaces is not None else None
         if ns is None or _terminating(ns):  # not mirrored yet, or about to refuse: ask the store itself
@@ -229,8 +233,9 @@ class Registry:
                 raise not_found("namespaces", "", namespace)
             ns = json.loads(kv.value)
         if _terminating(ns):
-            raise forbidden(f"unable to create new content in namespace {namespace} because it is "
-                            "being terminated", {"name": namespace, "kind": "namespaces",
+            raise forbidden(f'{qualified(t.plural, t.group)} "{name}" is forbidden: unable to create new content in '
+                            f"namespace {namespace} because it is being terminated",
+                            {"name": name, "group": t.group, "kind": t.plural,
                                                  "causes": [{"reason": "NamespaceTerminating",
                                                              "message": f"namespace {namespace} is being terminated",
                                                              "field": "metadata.namespace"}]})
@@ -285,6 +290,44 @@ class Registry:
                 self.allocator.release(live, keep=new)
             return new, False
 
+    async def bind(self, namespace: str, name: str, node: str, uid: str | None = None,
+                   annotations: dict[str, Any] | None = None) -> None:
+        """``pods/<name>/binding``: kube's assignPod, one compare-and-swap that sets ``spec.nodeName``, the
+        ``PodScheduled`` condition and the binding's annotations. Nothing else of the pod changes, so none of
+        an update's defaulting and validation runs: a bind costs one decode and one encode (it is the
+        scheduler's every write).
+
+        As kube's GuaranteedUpdate, the first attempt takes the watch cache's copy without waiting for the cache
+        to catch up with the store (a pending pod rarely changes, and the compare-and-swap refuses a stale one);
+        a retry reads consistently."""
+        key = PODS.key(namespace, name)
+        kv = self.cache.get(key) if self.cache is not None else None
+        consistent = False
+        while True:
+            if kv is None:
+                kv, consistent = await self.get_kv(PODS, namespace, name), True
+            pod = json.loads(kv.value)
+            m, spec = meta(pod), pod.setdefault("spec", {})
+            refusal = _unbindable(pod, name, uid)
+            if refusal is not None:
+                if not consistent:
+                    kv = None  # the cache's copy may be stale (another pod of that name): decide on the store's
+                    continue
+                raise refusal
+            spec["nodeName"] = node
+            if annotations:
+                m["annotations"] = {**(m.get("annotations") or {}), **{str(k): str(v) for k, v in annotations.items()}}
+            _set_condition(pod, {"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                                 "lastTransitionTime": now_rfc3339()})
+            try:
+                await self.store.update(key, encode(pod), kv.mod_revision)
+            except NotFound:
+                raise not_found("pods", "", name) from None
+            except Conflict:
+                kv = None  # changed since it was read (its status, say): bind the fresh object
+                continue
+            return
+
     async def _prepare_update(self, t: ResourceType, namespace: str | None, name: str, live: Obj, desired: Any,
                               subresource: str | None) -> Obj:
         if not isinstance(desired, dict):
@@ -311,6 +354,8 @@ class Registry:
                 else:
                     new.pop("status", None)
         meta(new)["resourceVersion"] = meta(live)["resourceVersion"]
+        if t is NAMESPACES:
+            self.namespaces.prepare_update(live, new, subresource)
         validation.default(t, new)
         tidy_metadata(new)
         if t.generation and spec_of(new) != spec_of(live):
@@ -343,6 +388,8 @@ class Registry:
                 raise conflict(t.plural, t.group, name, "Precondition failed: ResourceVersion in precondition: "
                                f"{options.resource_version}, ResourceVersion in object meta: "
                                f"{m.get('resourceVersion')}")
+            if t is NAMESPACES:
+                self.namespaces.check_deletable(name)
             if options.dry_run:
                 return live
             if t is NAMESPACES:
@@ -425,10 +472,6 @@ class Registry:
                 deleted.append(last)
         return deleted
 
-    async def resume(self) -> None:
-        """After a restart: carry on with the deletions that were under way."""
-        await self.namespaces.resume()
-
     # Tasks -------------------------------------------------------------------------------------------------
 
     def spawn(self, coro: Awaitable[None]) -> None:
@@ -457,6 +500,25 @@ _CONTINUE_EXPIRED = ("The provided continue parameter is too old to display a co
                      "first chunk was returned and now may show up in the list.")
 
 
+_VERBATIM = re.compile(r"[A-Za-z0-9._:-]+")  # text every JSON encoder writes as it is, never escaped
+
+
+def matches_stored(flt: Filter, value: bytes) -> bool | None:
+    """Whether the stored object ``value`` matches ``flt``, when its bytes alone tell (None: decode it).
+
+    Field selectors are mostly ``!=`` on a status (the scheduler's ``status.phase!=Succeeded,...``, kubelets'
+    ``spec.nodeName=N``): a value that occurs nowhere in the object's JSON is no field's value. So most events
+    and list items are matched without decoding them."""
+    if flt.labels:
+        return None
+    for _, equal, wanted in flt.fields.terms:
+        if not _VERBATIM.fullmatch(wanted) or wanted.encode() in value:
+            return None
+        if equal:
+            return False  # the field cannot have the value it must have
+    return True
+
+
 def _select(kvs: list[KeyValue], flt: Filter, limit: int | None, revision: int) -> tuple[list[Entry], int, str | None]:
     """The entries of ``kvs`` (in key order) that ``flt`` matches, up to ``limit``; a continue token at
     ``revision`` if more matches remain."""
@@ -464,8 +526,12 @@ def _select(kvs: list[KeyValue], flt: Filter, limit: int | None, revision: int) 
     for kv in kvs:
         obj = None
         if flt:
-            obj = from_kv(kv)
-            if not flt.matches(obj):
+            quick = matches_stored(flt, kv.value)
+            if quick is None:
+                obj = from_kv(kv)
+                if not flt.matches(obj):
+                    continue
+            elif not quick:
                 continue
         if limit is not None and len(entries) == limit:
             return entries, revision, _continue_token(revision, entries[-1][0].key)
@@ -478,8 +544,40 @@ def _terminating(namespace: Obj) -> bool:
         (namespace.get("status") or {}).get("phase") == "Terminating"
 
 
+def _unbindable(pod: Obj, name: str, uid: str | None) -> ApiError | None:
+    """Why a binding cannot take this pod (kube's 409s), or None."""
+    m, node = meta(pod), (pod.get("spec") or {}).get("nodeName")
+    if uid and uid != m.get("uid"):
+        return conflict("pods", "", name, f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                        f"{m.get('uid')}")
+    if node:
+        return conflict("pods", "", name, f'pod {name} is already assigned to node "{node}"')
+    if m.get("deletionTimestamp"):
+        return conflict("pods", "", name, f"pod {name} is being deleted, cannot be assigned to a host")
+    return None
+
+
+def _set_condition(obj: Obj, condition: dict[str, Any]) -> None:
+    """Set a status condition (kube's UpdatePodCondition): its transition time stays when its status does."""
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        status = obj["status"] = {}
+    conditions = [c for c in status.get("conditions") or () if isinstance(c, dict)]
+    for i, current in enumerate(conditions):
+        if current.get("type") == condition["type"]:
+            if current.get("status") == condition["status"]:
+                condition = {**condition, "lastTransitionTime": current.get("lastTransitionTime")}
+            conditions[i] = condition
+            break
+    else:
+        conditions.append(condition)
+    status["conditions"] = conditions
+
+
 def _finalized(obj: Obj) -> bool:
     m = meta(obj)
+    if obj.get("kind") == "Namespace":  # held by its spec.finalizers too (lifecycle.Namespaces)
+        return bool(m.get("deletionTimestamp")) and namespace_finalized(obj)
     return bool(m.get("deletionTimestamp")) and not m.get("finalizers") and not m.get("deletionGracePeriodSeconds")
 
 

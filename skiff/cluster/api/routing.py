@@ -62,6 +62,8 @@ def request_info(method: str, path: str, query_watch: bool) -> RequestInfo:
     if info.type is not None and not info.type.namespaced and info.plural != "namespaces":
         info.namespace = ""
     info.verb = _verb(lower, bool(info.name), info.watch)
+    if info.subresource in ("exec", "attach", "portforward") and info.verb == "get":
+        info.verb = "create"  # kube 1.31+: their WebSocket upgrade (a GET) needs the create permission
     return info
 
 

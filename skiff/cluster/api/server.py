@@ -42,10 +42,12 @@ from skiff.cluster.api.cache import WatchCache
 from skiff.cluster.api.certs import ClusterPKI, serving_hosts, write_kubeconfig
 from skiff.cluster.api.handlers import ResourceHandler, json_response
 from skiff.cluster.api.mirror import StoreMirror
+from skiff.cluster.api.podproxy import PodProxy
 from skiff.cluster.api.resources import BY_PATH
 from skiff.cluster.api.rest import Registry
 from skiff.cluster.api.routing import RequestInfo, request_info
 from skiff.cluster.api.status import ApiError, from_skiff_error, internal, unauthorized
+from skiff.cluster.api.tokens import ServiceAccountTokens
 from skiff.cluster.store import Compacted, Store, open_store
 from skiff.errors import InvalidArgument, SkiffError
 
@@ -55,6 +57,7 @@ DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+skiff", "gitCommit": "", "gitTreeState": "clean",
            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc", "platform": "linux/amd64"}
 NOT_FOUND = ApiError(404, "NotFound", "the server could not find the requested resource")
+OPENID_CONFIGURATION, OPENID_JWKS = [".well-known", "openid-configuration"], ["openid", "v1", "jwks"]
 
 
 @dataclass
@@ -71,6 +74,17 @@ class ServerConfig:
     compact_retain: int = 1000  # revisions of history kept, as kine keeps them
     disable_controllers: bool = False  # the controller manager runs beside the server unless this is set
     disable_scheduler: bool = False  # the scheduler runs beside the server unless this is set
+    # this host's node agent, run beside the server unless disable_agent is set (skiff/cluster/kubelet/agent.py)
+    node_name: str | None = None  # default: the host name
+    engine: str = "unix:///run/skiff/engine.sock"
+    node_ip: str | None = None  # default: the host's outgoing address
+    pause_image: str | None = None  # default: the agent's own skiff/pause:3.10, made when missing
+    kubelet_port: int = 10250  # the agent's kubelet API; 0: a free port (tests run many servers)
+    disable_proxy: bool = False  # the agent runs no Service proxy or cluster DNS
+    # the DefaultTolerationSeconds admission: tolerationSeconds pods get for the not-ready/unreachable taints
+    default_not_ready_toleration_seconds: int = 300
+    default_unreachable_toleration_seconds: int = 300
+    controller_flags: tuple[str, ...] = ()  # passed on to `skiff controller-manager` (its --node-monitor-... flags)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -110,6 +124,7 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._compactor: asyncio.Task[None] | None = None
         self.port = 0
+        self.tokens: ServiceAccountTokens | None = None
 
     @property
     def url(self) -> str:
@@ -148,10 +163,14 @@ class ApiServer:
         if self.config.datastore in ("", "sqlite"):  # the store is ours alone: every revision reaches the cache
             self.cache = WatchCache(self.store)
             await self.cache.start()
-        self.registry = Registry(self.store, ServiceAllocator(self.store, allocator_cidr), self.mirror, self.cache)
+        self.registry = Registry(self.store, ServiceAllocator(self.store, allocator_cidr), self.mirror, self.cache,
+                                 toleration_seconds=(self.config.default_not_ready_toleration_seconds,
+                                                     self.config.default_unreachable_toleration_seconds))
         self.resources = ResourceHandler(self.registry, self.rbac)
+        self.resources.pod_proxy = PodProxy(self.registry, self.pki)
+        self.tokens = ServiceAccountTokens(self.pki.dir / "service-account.key", self.registry)
+        self.resources.tokens = self.tokens
         await self._bootstrap()
-        await self.registry.resume()
         self._compactor = asyncio.create_task(self._compact_periodically())
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -177,6 +196,8 @@ class ApiServer:
                 await self._compactor
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.resources is not None and self.resources.pod_proxy is not None:
+            await self.resources.pod_proxy.close()
         if self.mirror is not None:
             await self.mirror.stop()
         if self.cache is not None:
@@ -224,6 +245,14 @@ class ApiServer:
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"type": "ClusterIP", "clusterIP": _first_ip(self.config.service_cidr),
                      "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}})
+        # The cluster DNS's Service (k3s's address: the range's tenth). No selector and no endpoints: each node's
+        # agent answers it itself, its proxy leading the ClusterIP to the node-local server (docs/cluster.md).
+        await self._ensure(("", "v1", "services"), "kube-system", {
+            "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS",
+                                                        "kubernetes.io/cluster-service": "true"}},
+            "spec": {"type": "ClusterIP", "clusterIP": nth_address(self.config.service_cidr, 10),
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}})
 
     async def _bootstrap_endpoints(self) -> None:
         """The ``kubernetes`` Service's endpoints: this server's address (kube's endpoint reconciler)."""
@@ -275,17 +304,29 @@ class ApiServer:
         if path in PUBLIC_PATHS or path.startswith(("/healthz/", "/livez/", "/readyz/")):
             return self._public(path)
         info = request_info(request.method, path, request.query.get("watch") in ("true", "1"))
-        self._authorize(request, info)
+        user = self._authenticate(request) or await self._authenticate_service_account(request)
+        self._authorize(request, info, user)
         if info.is_resource:
             assert self.resources is not None
             return await self.resources.handle(request, info)
         return self._non_resource(request, path)
 
-    def _authorize(self, request: web.Request, info: RequestInfo) -> None:
+    def _authenticate(self, request: web.Request) -> User | None:
+        """A client certificate or a static token (no I/O: every request comes this way)."""
         peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
-        user = self.authenticator.authenticate(request.headers.get("Authorization"), peercert)
+        return self.authenticator.authenticate(request.headers.get("Authorization"), peercert)
+
+    async def _authenticate_service_account(self, request: web.Request) -> User:
+        """A bearer token that is no static one: a service account's token (tokens.py), or 401."""
+        header = request.headers.get("Authorization") or ""
+        user = None
+        if header[:7].lower() == "bearer " and self.tokens is not None:
+            user = await self.tokens.authenticate(header[7:].strip())
         if user is None:
             raise unauthorized()
+        return user
+
+    def _authorize(self, request: web.Request, info: RequestInfo, user: User) -> None:
         request["user"] = user
         attrs = Attributes(info.verb, info.path, info.plural if info.is_resource else "", info.group,
                            info.subresource, info.namespace, info.name)
@@ -306,6 +347,9 @@ class ApiServer:
             if aggregated:
                 return _aggregated(discovery.aggregated(True, aggregated), aggregated)
             return json_response(discovery.api_versions(f"{request.host}"))
+        if parts in (OPENID_CONFIGURATION, OPENID_JWKS) and self.tokens is not None:
+            return json_response(self.tokens.openid_configuration() if parts == OPENID_CONFIGURATION
+                                 else self.tokens.jwks())
         if parts == ["apis"]:
             if aggregated:
                 return _aggregated(discovery.aggregated(False, aggregated), aggregated)
@@ -354,4 +398,8 @@ def _token_kubeconfig(server_url: str, ca_pem: bytes, user: str, token: str) -> 
 
 
 def _first_ip(cidr: str) -> str:
-    return str(ipaddress.ip_network(cidr, strict=False).network_address + 1)
+    return nth_address(cidr, 1)
+
+
+def nth_address(cidr: str, n: int) -> str:
+    return str(ipaddress.ip_network(cidr, strict=False).network_address + n)

@@ -172,6 +172,28 @@ def _validate_container(c: Any, path: str, seen: set[str]) -> Errors:
     return errors
 
 
+NOT_READY_TAINT, UNREACHABLE_TAINT = "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"
+
+
+def default_toleration_seconds(pod: dict[str, Any], not_ready: int, unreachable: int) -> None:
+    """kube-apiserver's DefaultTolerationSeconds admission (pods being created): a pod that tolerates neither
+    the not-ready nor the unreachable NoExecute taint gets a toleration of it for ``not_ready`` /
+    ``unreachable`` seconds, so the taint eviction controller moves it off a failed node after that long."""
+    spec = pod.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("tolerations") or [], list):
+        return  # validation reports it
+    tolerations = spec.get("tolerations") or []
+
+    def tolerated(key: str) -> bool:
+        return any(isinstance(t, dict) and (t.get("key") or key) == key and (t.get("effect") or "NoExecute")
+                   == "NoExecute" for t in tolerations)
+    added = [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
+             for key, seconds in ((NOT_READY_TAINT, not_ready), (UNREACHABLE_TAINT, unreachable))
+             if not tolerated(key)]
+    if added:
+        spec["tolerations"] = [*tolerations, *added]
+
+
 def _default_pod(obj: dict[str, Any]) -> None:
     spec = obj.setdefault("spec", {})
     if isinstance(spec, dict):
@@ -429,7 +451,22 @@ def _validate_binding(obj: dict[str, Any], old: dict[str, Any] | None) -> Errors
     return errors
 
 
+def _default_port_protocols(ports: Any) -> None:
+    """Endpoints' and EndpointSlices' ports are TCP unless they say otherwise (kube's defaulting)."""
+    for port in ports if isinstance(ports, list) else ():
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+
+
+def _default_endpoints(obj: dict[str, Any]) -> None:
+    for subset in obj.get("subsets") if isinstance(obj.get("subsets"), list) else ():
+        if isinstance(subset, dict):
+            _default_port_protocols(subset.get("ports"))
+
+
 _DEFAULTS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "endpoints": _default_endpoints,
+    "endpointslices": lambda o: _default_port_protocols(o.get("ports")),
     "pods": _default_pod,
     "deployments": lambda o: _default_workload(o, True),
     "replicasets": lambda o: _default_workload(o, False),

@@ -309,9 +309,10 @@ def _scheduling_relevant(obj: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _placement_relevant(obj: dict[str, Any]) -> tuple[Any, ...]:
-    """What others' scheduling reads of a placed pod: the status changes of a running pod do not count."""
+    """What others' scheduling reads of a pod on a known node: the status changes of a running pod do not count,
+    nor the binding of a pod we assumed there (its spec was parsed before it was bound)."""
     meta = obj.get("metadata") or {}
-    return meta.get("labels"), meta.get("deletionTimestamp"), (obj.get("spec") or {}).get("nodeName")
+    return meta.get("labels"), meta.get("deletionTimestamp")
 
 
 def _node_relevant(obj: dict[str, Any]) -> tuple[Any, ...]:

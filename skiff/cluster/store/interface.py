@@ -103,6 +103,11 @@ class Watch(abc.ABC):
     async def __anext__(self) -> Event:
         """The next change in revision order; waits for it."""
 
+    def ready(self) -> list[Event]:
+        """The next changes that are already at hand, in order, without waiting (maybe none): a reader that
+        drains them after each ``__anext__`` handles a burst in one go. The default has none at hand."""
+        return []
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop watching and release what the watch holds (buffers, an HTTP stream). Idempotent."""

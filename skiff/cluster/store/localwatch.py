@@ -94,6 +94,21 @@ class LocalWatch(Watch):
             await self._wakeup.wait()
         raise StopAsyncIteration
 
+    def ready(self) -> list[Event]:
+        """What is buffered and in order now: the replayed page, then (once the log is caught up) live events."""
+        ready: list[Event] = []
+        if self._ended:
+            return ready
+        for buffer in (self._replayed, self._live):
+            if buffer is self._live and (self._replayed or self._must_read_log):
+                break  # live events may be ahead of history not read yet
+            while buffer:
+                event = buffer.popleft()
+                if event.revision >= self._next:
+                    ready.append(event)
+                    self._next = event.revision + 1
+        return ready
+
     async def _next_pending(self) -> Event | None:
         """The next event not yet delivered, from the log or the live buffer; None if there is none yet."""
         if not self._replayed and self._must_read_log:

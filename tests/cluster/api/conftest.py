@@ -2,7 +2,8 @@
 port, the real kubectl 1.32 and the official ``kubernetes`` Python client pointed at it.
 
 - ``api_server``: one server per test module (``ServerProcess``: ``.url``, ``.kubeconfig``, ``.kill()``,
-  ``.start()``, ``.stop()``, ``.request(...)`` for raw HTTPS with the admin certificate).
+  ``.start()``, ``.stop()``, ``.request(...)`` for raw HTTPS with the admin certificate), with the namespace
+  and serviceaccount controllers beside it (``ServerProcess(controllers=...)`` runs ``skiff controller-manager``).
 - ``kubectl(*args, input=None, check=True, kubeconfig=None)``: runs kubectl with its own ``--cache-dir`` in the
   session's temp dir (discovery is never cached across sessions).
 - ``k8s``: a ``kubernetes.client.ApiClient`` on ``api_server``.
@@ -50,14 +51,19 @@ class Response:
 class ServerProcess:
     """One ``skiff server`` child process; ``start()`` again after ``kill()`` reuses its data dir."""
 
-    def __init__(self, root: Path, *extra: str) -> None:
+    def __init__(self, root: Path, *extra: str, agent: bool = False, controllers: str = "") -> None:
         self.root = root
         self.data_dir = root / "data"
         self.kubeconfig = root / "kubeconfig"
         self.token_file = root / "tokens.csv"
         self.port = free_port()
-        self.extra = list(extra)
+        # no node agent unless asked for: it would register this host as a Node and look for its engine
+        self.extra = list(extra) if agent else [*extra, "--disable-agent"]
         self.process: subprocess.Popen[bytes] | None = None
+        # ``skiff controller-manager --controllers <these>`` beside a server started with --disable-controllers;
+        # it outlives a kill() of the server (and reconnects), and stop() ends it too
+        self.controllers = controllers
+        self.manager: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.token_file.write_text("".join(f'{t},{u},{uid},"{g}"\n' for t, (u, uid, g) in TOKENS.items()))
 
@@ -81,10 +87,19 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"skiff server exited with {self.process.returncode}: {self.log_tail()}")
             if self.kubeconfig.exists() and self._ready():
+                if self.controllers and (self.manager is None or self.manager.poll() is not None):
+                    self._start_manager(env)
                 return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"skiff server did not become ready: {self.log_tail()}")
+
+    def _start_manager(self, env: dict[str, str]) -> None:
+        command = [sys.executable, "-m", "skiff.cli.main", "controller-manager", "--kubeconfig",
+                   str(self.data_dir / "cred" / "controller-manager.kubeconfig"), "--controllers", self.controllers]
+        with open(self.root / "controller-manager.log", "ab") as log:
+            self.manager = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                                            cwd=self.root, start_new_session=True)
 
     def _ready(self) -> bool:
         try:
@@ -118,6 +133,15 @@ class ServerProcess:
             self._signal(signal.SIGTERM)
         except subprocess.TimeoutExpired:
             self.kill()
+        if self.manager is not None:
+            if self.manager.poll() is None:
+                self.manager.terminate()
+                try:
+                    self.manager.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.manager.kill()
+                    self.manager.wait()
+            self.manager = None
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.process is None:
@@ -136,9 +160,13 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The API server alone: these tests check what the API does with each write, which the controllers and
-    the scheduler (tested on their own) would otherwise write over (a Deployment's status, a pod's binding)."""
-    server = ServerProcess(tmp_path_factory.mktemp("apiserver"), "--disable-controllers", "--disable-scheduler")
+    """The API server without the scheduler and the workload controllers: these tests check what the API does
+    with each write, which those (tested on their own) would otherwise write over (a Deployment's status, a
+    pod's binding). The namespace and service-account controllers run beside it (``skiff controller-manager``):
+    without them a deleted namespace would stay Terminating and a new one would have no ``default``
+    ServiceAccount, as in kube."""
+    server = ServerProcess(tmp_path_factory.mktemp("apiserver"), "--disable-controllers", "--disable-scheduler",
+                           controllers="namespace,serviceaccount")
     server.start()
     try:
         yield server

@@ -254,8 +254,11 @@ def test_namespace_created_and_deleted_with_contents(kubectl) -> None:
     kubectl("delete", "namespace", "team")  # waits until it is gone
     assert kubectl("get", "namespace", "team", check=False).returncode != 0
     assert kubectl("-n", "team", "get", "all,cm", "-o", "name").stdout.strip() == ""
-    kubectl("create", "namespace", "team")  # the name is free again, and the namespace empty
-    assert kubectl("-n", "team", "get", "cm,deploy", "-o", "name").stdout.strip() == ""
+    kubectl("create", "namespace", "team")  # the name is free again, and the namespace holds only what
+    # the controllers give every namespace
+    assert kubectl("-n", "team", "get", "deploy,svc", "-o", "name").stdout.strip() == ""
+    wait_for(lambda: kubectl("-n", "team", "get", "cm,sa", "-o", "name").stdout.split() == [
+        "configmap/kube-root-ca.crt", "serviceaccount/default"])
     kubectl("delete", "namespace", "team")
 
 

@@ -4,11 +4,15 @@ Service allocator's bookkeeping."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from skiff.cluster.api import protobuf, validation
+from skiff.cluster.api.objects import encode
 from skiff.cluster.api.resources import BY_PATH
+from skiff.cluster.api.rest import matches_stored
 from skiff.cluster.api.routing import request_info
-from skiff.cluster.api.selectors import FieldSelector, LabelSelector
+from skiff.cluster.api.selectors import FieldSelector, Filter, LabelSelector
 from skiff.cluster.api.status import ApiError, FieldError, invalid
 
 
@@ -39,6 +43,32 @@ def test_field_selector_per_type() -> None:
     with pytest.raises(ApiError) as error:
         FieldSelector.parse("spec.nodeName=n1", "configmaps")
     assert error.value.code == 400 and "field label not supported" in error.value.message
+
+
+_PHASES = st.sampled_from([None, "Pending", "Running", "Succeeded", "Failed"])
+_NODES = st.sampled_from([None, "", "node-1", "node-10", "n:1", "a/b", "Failed", "Succeeded-x"])
+_FIELD_SELECTORS = st.sampled_from([
+    "status.phase!=Succeeded,status.phase!=Failed", "spec.nodeName=node-1", "spec.nodeName!=", "spec.nodeName=",
+    "spec.nodeName=a/b", "status.phase=Running,spec.nodeName!=node-10", "metadata.name=p-1", "spec.nodeName!=n:1"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(_PHASES, _NODES, _FIELD_SELECTORS, st.sampled_from(["p-1", "Failed", "node-1"]),
+       st.sampled_from([None, "app=web", "app!=web"]), st.sampled_from([{}, {"app": "web"}]))
+def test_matching_stored_bytes_agrees_with_decoding(phase, node, fields, name, labels, pod_labels) -> None:
+    """The watch's and list's shortcut (a value absent from the JSON is no field's value) never disagrees with
+    the selectors applied to the decoded object; it only declines (None) when it cannot tell."""
+    pod = {"metadata": {"name": name, "namespace": "default", "labels": pod_labels}, "spec": {}, "status": {}}
+    if phase is not None:
+        pod["status"]["phase"] = phase
+    if node is not None:
+        pod["spec"]["nodeName"] = node
+    flt = Filter(LabelSelector.parse(labels), FieldSelector.parse(fields, "pods"))
+    quick = matches_stored(flt, encode(pod))
+    assert quick is None or quick == flt.matches(pod)
+    if labels is None and fields == "status.phase!=Succeeded,status.phase!=Failed" and name == "p-1" \
+            and phase in (None, "Pending", "Running") and node in (None, "", "node-1"):
+        assert quick is True  # the scheduler's own watch of pending pods decodes nothing
 
 
 def test_validation_names_the_field_like_kube() -> None:
