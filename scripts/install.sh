@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Skiff needs on a Debian 12 machine (run as root), then starts it.
-#   scripts/install.sh            install, then start (for now: run a busybox container)
+#   scripts/install.sh            install, then start: a busybox container, the engine, a one-node cluster
 #   scripts/install.sh --no-start install only (the test command uses this)
 # Idempotent and quick when everything is already there.
 set -euo pipefail
@@ -74,8 +74,10 @@ fi
 echo "skiff engine is serving the Docker Engine API on $sock (log: /var/log/skiff/engine.log)"
 echo "use it with:  export DOCKER_HOST=unix://$sock; docker info"
 
-# And the cluster's control plane: the Kubernetes API server on the embedded SQLite store. It writes its
-# admin kubeconfig where kubectl looks by default (an existing one is kept, the server's is beside it).
+# And a one-node cluster: the Kubernetes API server on the embedded SQLite store, the scheduler and the
+# controllers beside it, and this host's node agent in its process; the agent runs pods on the engine above (its
+# sandbox image, skiff/pause:3.10, is made from busybox-static: nothing is pulled). The server writes its admin
+# kubeconfig where kubectl looks by default (an existing one is kept, the server's is beside it).
 kubeconfig=/root/.kube/config
 [ -e "$kubeconfig" ] && ! grep -q skiff "$kubeconfig" && kubeconfig=/root/.kube/skiff.yaml
 mkdir -p /root/.kube /var/lib/skiff/server
@@ -84,6 +86,18 @@ if ! "$venv/bin/python" -c "import socket; socket.create_connection(('127.0.0.1'
         >>/var/log/skiff/server.log 2>&1 < /dev/null &
     for _ in $(seq 100); do [ -s "$kubeconfig" ] && break; sleep 0.1; done
 fi
-KUBECONFIG="$kubeconfig" kubectl get namespaces 2>/dev/null || true
-echo "skiff server is serving the Kubernetes API on https://127.0.0.1:6443 (log: /var/log/skiff/server.log)"
-echo "use it with:  export KUBECONFIG=$kubeconfig; kubectl get all -A"
+kubectl=kubectl
+command -v kubectl >/dev/null || kubectl="skiff kubectl"
+node=$(hostname | tr '[:upper:]' '[:lower:]')
+state="not Ready yet (see the log)"
+for _ in $(seq 150); do  # the node turns Ready once the agent has made its sandbox image (a second or two)
+    if KUBECONFIG="$kubeconfig" $kubectl get nodes --no-headers 2>/dev/null | grep -q "^$node  *Ready"; then
+        state=Ready; break
+    fi
+    sleep 0.2
+done
+KUBECONFIG="$kubeconfig" $kubectl get nodes 2>/dev/null || true
+echo "skiff server is serving the Kubernetes API on https://127.0.0.1:6443; node $node, on the engine, is $state"
+echo "(log: /var/log/skiff/server.log). Use it with:"
+echo "    export KUBECONFIG=$kubeconfig"
+echo "    $kubectl get nodes"

@@ -19,6 +19,7 @@ _VERBS = {
     "scheduler": ("skiff.cluster.scheduler.cli", "main"),
     "hollow-nodes": ("skiff.cluster.hollow.cli", "main"),
     "agent": ("skiff.cluster.kubelet.cli", "main"),
+    "cluster": ("skiff.cluster.local.cli", "main"),
     "kubectl": ("skiff.cli.kubectl", "main"),
     "compose": ("skiff.cli.compose", "main"),
 }
@@ -43,6 +44,7 @@ commands:
   scheduler  the cluster's scheduler alone, against a server (--kubeconfig F)
   hollow-nodes  N simulated nodes that heartbeat and run their pods without containers (--count N)
   agent     the node agent (kubelet): runs the pods bound to this node on its engine
+  cluster   local multi-node clusters (create, delete, kubeconfig, load): a network namespace per node
   compose   multi-container applications from a Compose file (as `docker compose`)
 
 docker's verbs, against the engine at -H/--host (or $SKIFF_HOST, default unix:///run/skiff/engine.sock):

@@ -230,3 +230,35 @@ def engine_config(pod: Obj, container: Obj, *, image: str, sandbox_id: str, env:
     if user:
         config["User"] = user
     return config
+
+
+def dns_host_config(pod: Obj, cluster_dns: str | None, cluster_domain: str) -> dict[str, Any]:
+    """The sandbox's Dns/DnsSearch/DnsOptions for the pod's dnsPolicy (kubelet's rules; the engine writes them
+    into resolv.conf, and the pod's containers share the sandbox's). ``ClusterFirst`` (the default): the cluster
+    DNS, search ``<ns>.svc.<domain> svc.<domain> <domain>``, ``ndots:5``; it falls back to ``Default`` (the
+    node's resolv.conf) for hostNetwork pods and when the agent has no ``--cluster-dns``. ``None``: only
+    ``dnsConfig``. ``dnsConfig`` adds nameservers and searches and overrides options by name."""
+    spec = pod.get("spec") or {}
+    policy = spec.get("dnsPolicy") or "ClusterFirst"
+    servers: list[str] = []
+    searches: list[str] = []
+    options: dict[str, str | None] = {}
+    cluster = (policy == "ClusterFirstWithHostNet" or (policy == "ClusterFirst" and not spec.get("hostNetwork")))
+    if cluster and cluster_dns:
+        namespace = (pod.get("metadata") or {}).get("namespace") or "default"
+        servers = [cluster_dns]
+        searches = [f"{namespace}.svc.{cluster_domain}", f"svc.{cluster_domain}", cluster_domain]
+        options = {"ndots": "5"}
+    config = spec.get("dnsConfig") or {}
+    servers += [s for s in config.get("nameservers") or () if s not in servers]
+    searches += [s for s in config.get("searches") or () if s not in searches]
+    for option in config.get("options") or ():
+        options[option["name"]] = option.get("value")
+    host: dict[str, Any] = {}
+    if servers:
+        host["Dns"] = servers[:3]  # resolvers read at most three
+    if searches:
+        host["DnsSearch"] = searches[:32]
+    if options:
+        host["DnsOptions"] = [name if value is None else f"{name}:{value}" for name, value in options.items()]
+    return host

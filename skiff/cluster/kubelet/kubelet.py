@@ -21,17 +21,19 @@ import aiohttp
 
 from skiff.cluster.client import PODS, ApiClient, Informer, ShutDown, WorkQueue
 from skiff.cluster.controllers.events import EventRecorder
-from skiff.cluster.kubelet import naming
+from skiff.cluster.kubelet import naming, pause
 from skiff.cluster.kubelet.containers import api_lookup
 from skiff.cluster.kubelet.node import NodeIdentity, NodeRegistration, default_address, runtime_version
+from skiff.cluster.kubelet.podnetwork import PodNetwork
 from skiff.cluster.kubelet.pods import PodSyncer, SyncOptions
 from skiff.cluster.kubelet.probes import Prober
 from skiff.cluster.kubelet.runtime import EngineRuntime
+from skiff.cluster.kubelet.server import KubeletServer, ServingOptions
 from skiff.cluster.kubelet.volumes import PodVolumes
 from skiff.errors import SkiffError
 
 log = logging.getLogger(__name__)
-DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+DEFAULT_PAUSE_IMAGE = pause.PAUSE_IMAGE  # made by the agent when missing: no registry needed
 _TRANSIENT = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -51,6 +53,9 @@ class KubeletOptions:
     workers: int = 16
     engine_wait: float = 30.0  # seconds start() waits for the engine to answer
     pod_cidr: str | None = None
+    serving: ServingOptions | None = None  # the kubelet API (logs, exec); None serves none
+    cluster_dns: str | None = None  # the pods' nameserver (dnsPolicy ClusterFirst); None: the node's resolv.conf
+    cluster_domain: str = "cluster.local"
 
 
 class Kubelet:
@@ -67,6 +72,12 @@ class Kubelet:
         self.prober = Prober(self.runtime, self.work.add)
         self.volumes = PodVolumes(options.data_dir / "pods", {})
         self.syncer: PodSyncer | None = None
+        self.pod_network = PodNetwork(client, self.runtime, options.node_name, options.pod_cidr)
+        self.server: KubeletServer | None = None
+        if options.serving is not None:
+            self.server = KubeletServer(self.runtime, options.node_name, self.identity.address,
+                                        lambda namespace, name: self.pods.get_by_key(f"{namespace}/{name}"),
+                                        options.serving, options.data_dir, self.pods.list)
         self._tasks: list[asyncio.Task[Any]] = []
 
     # --- life ---------------------------------------------------------------------------------------------------
@@ -82,9 +93,14 @@ class Kubelet:
         self.syncer = PodSyncer(self.client, self.runtime, self.volumes, self.prober, self.events,
                                 SyncOptions(options.node_name, self.identity.address, options.pause_image,
                                             options.pause_command, options.backoff_base, options.backoff_max,
-                                            allocatable),
+                                            allocatable, network=lambda: self.pod_network.network,
+                                            cluster_dns=options.cluster_dns, cluster_domain=options.cluster_domain),
                                 partial(api_lookup, self.client), self._requeue)
+        if self.server is not None:  # before registering: the Node publishes its port
+            await self.server.start()
+            self.identity.kubelet_port = self.server.port
         await self.registration.register(True, "kubelet is posting ready status")
+        await self.pod_network.start()  # waits a moment for the pod CIDR the Node's creation asks IPAM for
         self.pods.on_add(lambda pod: self.work.add(_key(pod)))
         self.pods.on_update(self._pod_updated)
         self.pods.on_delete(self._pod_deleted)
@@ -107,6 +123,9 @@ class Kubelet:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self.server is not None:
+            await self.server.stop()
+        await self.pod_network.stop()
         await self.pods.stop()
         await asyncio.to_thread(self.runtime.close)
 
@@ -191,6 +210,7 @@ class Kubelet:
     async def housekeep(self) -> None:
         """Resync every pod; remove what is left of pods the API no longer has."""
         assert self.syncer is not None
+        await pause.provide(self.runtime, self.options.pause_image)  # again, should someone have removed it
         known = {pod["metadata"]["uid"] for pod in self.pods.list()}
         for key in self.pods.keys():  # noqa: SIM118 - an Informer is not a dict
             self.work.add(key)

@@ -71,6 +71,7 @@ class NodeIdentity:
     max_pods: int = MAX_PODS
     labels: dict[str, str] = field(default_factory=dict)
     pod_cidr: str | None = None
+    kubelet_port: int = 10250  # where the agent serves the kubelet API (daemonEndpoints)
 
     def capacity(self) -> dict[str, str]:
         return {"cpu": str(os.cpu_count() or 1), "memory": f"{memory_kib()}Ki", "pods": str(self.max_pods),
@@ -118,7 +119,7 @@ def node_status(identity: NodeIdentity, ready: bool, message: str,
     return {"capacity": capacity, "allocatable": dict(capacity), "conditions": conditions(ready, message, previous),
             "addresses": [{"type": "InternalIP", "address": identity.address},
                           {"type": "Hostname", "address": identity.name}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}, "nodeInfo": identity.node_info()}
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": identity.kubelet_port}}, "nodeInfo": identity.node_info()}
 
 
 class NodeRegistration:

@@ -28,7 +28,13 @@ from typing import Any
 from skiff.cluster.client import PODS, ApiClient, ApiStatusError
 from skiff.cluster.controllers.events import EventRecorder
 from skiff.cluster.kubelet import naming
-from skiff.cluster.kubelet.containers import ContainerConfigError, Lookup, engine_config, environment
+from skiff.cluster.kubelet.containers import (
+    ContainerConfigError,
+    Lookup,
+    dns_host_config,
+    engine_config,
+    environment,
+)
 from skiff.cluster.kubelet.probes import Prober
 from skiff.cluster.kubelet.runtime import EngineContainer, EngineRuntime, ImagePullError, RuntimeError_, normalize_image
 from skiff.cluster.kubelet.status import ContainerView, PodView, Waiting, differs, pod_status
@@ -49,6 +55,9 @@ class SyncOptions:
     backoff_base: float = 10.0
     backoff_max: float = 300.0
     node_allocatable: dict[str, str] = field(default_factory=dict)
+    network: Callable[[], str | None] | None = None  # the engine network new sandboxes join (the pod network)
+    cluster_dns: str | None = None  # dnsPolicy ClusterFirst's nameserver (containers.dns_host_config)
+    cluster_domain: str = "cluster.local"
 
 
 @dataclass
@@ -196,6 +205,9 @@ class PodSyncer:
                                                                                             "Config": {}}}
         if spec.get("hostNetwork"):
             host["NetworkMode"] = "host"
+        elif self.options.network is not None and (network := self.options.network()):
+            host["NetworkMode"] = network
+        host.update(dns_host_config(pod, self.options.cluster_dns, self.options.cluster_domain))
         config: Obj = {"Image": normalize_image(image), "Hostname": _hostname(pod),
                        "Labels": naming.labels(ref, self.options.node_name, naming.SANDBOX, attempt, kind="sandbox"),
                        "HostConfig": host}

@@ -22,8 +22,25 @@ import random
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from skiff.dnswire import (
+    FORMERR,
+    IN,
+    NOERROR,
+    NXDOMAIN,
+    PTR,
+    SERVFAIL,
+    Answer,
+    FormatError,
+    Query,
+    Record,
+    a_rdata,
+    encode_name,
+    encode_response,
+    error_response,
+    parse_query,
+)
+from skiff.dnswire import A as TYPE_A
 from skiff.engine.network import sandbox
 
 log = logging.getLogger(__name__)
@@ -32,9 +49,6 @@ ADDRESS = "127.0.0.11"
 PORT = 53
 TTL = 600
 FORWARD_TIMEOUT = 3.0
-TYPE_A, TYPE_PTR, TYPE_AAAA = 1, 12, 28
-CLASS_IN = 1
-NOERROR, SERVFAIL, NXDOMAIN, NOTIMP = 0, 2, 3, 4
 
 # (asker's container id, lower-case name without the final dot) -> addresses; None: not one of ours
 Lookup = Callable[[str, str], list[str] | None]
@@ -42,60 +56,12 @@ Lookup = Callable[[str, str], list[str] | None]
 Reverse = Callable[[str, str], str | None]
 
 
-@dataclass(frozen=True)
-class Query:
-    id: int
-    flags: int
-    name: str
-    qtype: int
-    qclass: int
-    question: bytes  # the question section as received, echoed in the answer
-
-
-class MalformedQuery(ValueError):
-    pass
-
-
-def parse_query(data: bytes) -> Query:
-    if len(data) < 12:
-        raise MalformedQuery("short header")
-    qid, flags, qdcount = struct.unpack_from(">HHH", data)
-    if qdcount != 1 or flags & 0x8000:
-        raise MalformedQuery("not a single-question query")
-    labels, offset = [], 12
-    while True:
-        if offset >= len(data):
-            raise MalformedQuery("truncated name")
-        length = data[offset]
-        offset += 1
-        if length == 0:
-            break
-        if length & 0xC0:
-            raise MalformedQuery("compressed question name")
-        labels.append(data[offset:offset + length].decode("ascii", errors="replace"))
-        offset += length
-    if offset + 4 > len(data):
-        raise MalformedQuery("truncated question")
-    qtype, qclass = struct.unpack_from(">HH", data, offset)
-    return Query(qid, flags, ".".join(labels).lower(), qtype, qclass, data[12:offset + 4])
-
-
-def encode_name(name: str) -> bytes:
-    out = b""
-    for label in name.rstrip(".").split("."):
-        if label:
-            raw = label.encode("ascii", errors="replace")[:63]
-            out += bytes([len(raw)]) + raw
-    return out + b"\x00"
-
-
-def build_answer(query: Query, rcode: int, records: list[tuple[int, bytes]] = ()) -> bytes:  # type: ignore[assignment]
-    """A response to ``query``: ``records`` are (type, rdata) for the question's name."""
-    flags = 0x8000 | (query.flags & 0x7900) | 0x0080 | 0x0400 | rcode  # QR, opcode+RD kept, RA, AA
-    out = struct.pack(">HHHHHH", query.id, flags, 1, len(records), 0, 0) + query.question
-    for rtype, rdata in records:
-        out += struct.pack(">HHHIH", 0xC00C, rtype, CLASS_IN, TTL, len(rdata)) + rdata
-    return out
+def _answer(query: Query, rcode: int, records: list[tuple[int, bytes]] | None = None) -> bytes:
+    """A response to ``query``; ``records`` are (type, rdata) for the question's name."""
+    name = query.question.name
+    answer = Answer(rcode, authoritative=True, recursion_available=True,
+                    answers=[Record(name, rtype, TTL, rdata) for rtype, rdata in records or []])
+    return encode_response(query, answer)
 
 
 def reverse_address(name: str) -> str | None:
@@ -123,26 +89,28 @@ class Resolver:
 
     def answer_locally(self, asker: str, query: Query) -> bytes | None:
         """The answer, or None when the query must be forwarded."""
-        if query.qclass != CLASS_IN:
+        question = query.question
+        if question.qclass != IN:
             return None
-        if query.qtype == TYPE_PTR:
-            address = reverse_address(query.name)
+        name = question.name.lower()
+        if question.qtype == PTR:
+            address = reverse_address(name)
             if address is None:
                 return None
-            name = self.reverse(asker, address)
-            if name is not None:
-                return build_answer(query, NOERROR, [(TYPE_PTR, encode_name(name))])
+            found = self.reverse(asker, address)
+            if found is not None:
+                return _answer(query, NOERROR, [(PTR, encode_name(found))])
             ip = ipaddress.IPv4Address(address)
             if ip.is_loopback or any(ip in subnet for subnet in self.local_subnets()):
-                return build_answer(query, NXDOMAIN)
+                return _answer(query, NXDOMAIN)
             return None
-        addresses = self.lookup(asker, query.name)
+        addresses = self.lookup(asker, name)
         if addresses is None:
             return None
-        if query.qtype != TYPE_A:
-            return build_answer(query, NOERROR)  # the name is ours, it just has no such record
+        if question.qtype != TYPE_A:
+            return _answer(query, NOERROR)  # the name is ours, it just has no such record
         shuffled = random.sample(addresses, len(addresses))
-        return build_answer(query, NOERROR, [(TYPE_A, socket.inet_aton(a)) for a in shuffled])
+        return _answer(query, NOERROR, [(TYPE_A, a_rdata(a)) for a in shuffled])
 
 
 class DnsServer:
@@ -180,15 +148,15 @@ class DnsServer:
     async def handle(self, data: bytes, tcp: bool = False) -> bytes | None:
         try:
             query = parse_query(data)
-        except MalformedQuery:
-            return None
+        except FormatError:
+            return error_response(data, FORMERR)
         local = self.resolver.answer_locally(self.container_id, query)
         if local is not None:
             return local
         if not self.forward or not self.upstreams:
-            return build_answer(query, SERVFAIL)
+            return _answer(query, SERVFAIL)
         answer = await (_forward_tcp if tcp else _forward_udp)(data, self.upstreams)
-        return answer if answer is not None else build_answer(query, SERVFAIL)
+        return answer if answer is not None else _answer(query, SERVFAIL)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

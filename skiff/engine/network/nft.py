@@ -1,11 +1,13 @@
 """The engine's nftables table (one per engine, ``--nft-table``, family ``ip``), driven through ``nft -j``.
 
 What it holds, and why:
-- ``postrouting`` (nat): masquerade for traffic leaving a non-internal network; and hairpin masquerade for
+- ``postrouting`` (nat): masquerade for traffic leaving a non-internal network (unless the network turns it
+  off: ``enable_ip_masquerade=false`` or ``gateway_mode_ipv4=routed``); and hairpin masquerade for
   DNATed traffic that goes back into the bridge it came from (a container reaching a published port of a
   neighbour through the host's address would otherwise get replies from the wrong address).
 - ``forward`` (filter): published ports are open to everyone (``ct status dnat accept``); otherwise a
-  network's bridge forwards to no other bridge of ours (isolation), and an internal network to nothing at all.
+  network's bridge forwards to no other bridge of ours (isolation), and an internal network to nothing at all;
+  a ``routed`` network accepts what arrives from other interfaces (other hosts routing to its subnet).
 - ``prerouting``/``output`` (nat): DNAT of published ports, for traffic arriving at any local address and for
   traffic the host itself sends to its non-loopback addresses (loopback is the userland proxy's job).
 
@@ -37,6 +39,8 @@ class NetworkRules:
     bridge: str
     subnet: str  # CIDR
     internal: bool
+    masquerade: bool = True  # ``com.docker.network.bridge.enable_ip_masquerade``
+    routed: bool = False  # ``com.docker.network.bridge.gateway_mode_ipv4=routed``: reachable by routing, no NAT
 
 
 @dataclass(frozen=True)
@@ -108,9 +112,13 @@ class NftTable:
             commands.append(self._rule("forward", _match(iif, br), _match(oif, br, "!="), {"drop": None}))
             commands.append(self._rule("forward", _match(oif, br), _match(iif, br, "!="), {"drop": None}))
         else:
-            commands.append(self._rule("postrouting", saddr, _match(oif, br, "!="), {"masquerade": None}))
+            if net.masquerade and not net.routed:
+                commands.append(self._rule("postrouting", saddr, _match(oif, br, "!="), {"masquerade": None}))
             commands.append(self._rule("forward", _match(iif, br), _match(oif, br, "!="),
                                        _match(oif, "@" + BRIDGES_SET), {"drop": None}))
+            if net.routed:  # what other hosts route to the subnet comes in (isolation from our bridges stays)
+                commands.append(self._rule("forward", _match(iif, "@" + BRIDGES_SET, "!="), _match(oif, br),
+                                           {"accept": None}))
         return commands
 
     def _port_commands(self, p: PortRule) -> list[dict]:

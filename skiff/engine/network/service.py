@@ -41,6 +41,10 @@ PREDEFINED = ("bridge", "host", "none")
 DEFAULT_BRIDGE = "bridge"
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+MASQUERADE_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
+GATEWAY_MODE_OPTION = "com.docker.network.bridge.gateway_mode_ipv4"
+GATEWAY_MODES = ("nat", "nat-unprotected", "routed")
+_TRUE, _FALSE = ("1", "t", "T", "true", "TRUE", "True"), ("0", "f", "F", "false", "FALSE", "False")
 PROTOCOLS = ("tcp", "udp")
 
 
@@ -114,7 +118,9 @@ class Network:
     def rules(self) -> nft.NetworkRules:
         pool = self.pool
         assert pool is not None
-        return nft.NetworkRules(self.bridge, str(pool.subnet), self.internal)
+        return nft.NetworkRules(self.bridge, str(pool.subnet), self.internal,
+                                masquerade=_flag(self.options.get(MASQUERADE_OPTION, "true")),
+                                routed=self.options.get(GATEWAY_MODE_OPTION) == "routed")
 
 
 @dataclass
@@ -441,6 +447,7 @@ class NetworkService:
         if len(entries) > 1:
             raise errors.Unsupported("only one IPv4 pool per network is supported")
         options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
+        _check_options(options)
         async with self._network_lock:
             if any(n.name == name for n in self.networks.values()):
                 raise errors.Conflict(f"network with name {name} already exists")
@@ -935,6 +942,22 @@ class NetworkService:
 
     def _subnets(self) -> list[ipaddress.IPv4Network]:
         return [p.subnet for n in self.networks.values() if (p := n.pool) is not None]
+
+
+def _flag(value: str) -> bool:
+    """A boolean driver option, as Go's strconv.ParseBool reads it."""
+    return value not in _FALSE
+
+
+def _check_options(options: dict[str, str]) -> None:
+    """The bridge driver options whose values Skiff acts on (dockerd refuses bad ones at create, too)."""
+    masquerade = options.get(MASQUERADE_OPTION)
+    if masquerade is not None and masquerade not in _TRUE + _FALSE:
+        raise errors.InvalidArgument(f"invalid value {masquerade!r} for {MASQUERADE_OPTION}: want true or false")
+    mode = options.get(GATEWAY_MODE_OPTION)
+    if mode is not None and mode not in GATEWAY_MODES:
+        raise errors.InvalidArgument(f"invalid value {mode!r} for {GATEWAY_MODE_OPTION}: want one of "
+                                     f"{', '.join(GATEWAY_MODES)}")
 
 
 def _read(path: str) -> str:

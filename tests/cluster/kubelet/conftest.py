@@ -61,7 +61,7 @@ class AgentProcess:
                 "--node-name", NODE, "--node-ip", "127.0.0.1", "--data-dir", str(self.data_dir),
                 "--engine", self.engine.host, "--pause-image", IMAGE, "--pause-command", "sleep 2147483647",
                 "--backoff-base", "1", "--backoff-max", "8", "--lease-interval", "1", "--resync-interval", "2",
-                "--log-level", "info"]
+                "--log-level", "info", "--address", "127.0.0.1", "--kubelet-port", "0", "--disable-proxy"]
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
