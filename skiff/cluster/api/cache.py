@@ -14,9 +14,9 @@ it would always time out. A wait that times out falls back to the store all the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.store import Compacted, EventType, KeyValue, Store
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,7 @@ class WatchCache:
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.cancel()

@@ -9,11 +9,11 @@ the store when the mirror does not have what they look for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.store import Compacted, EventType, Store
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,7 @@ class StoreMirror:
         self._task = asyncio.create_task(self._follow(revision + 1))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _load(self) -> int:
         revision = 0

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from skiff.aiotasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0  # seconds a child gets to stop on SIGTERM before SIGKILL
@@ -82,11 +84,8 @@ class ChildProcess:
 
     async def stop(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL after ``STOP_TIMEOUT``) and stop restarting it."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 async def _terminate(name: str, process: asyncio.subprocess.Process) -> None:

@@ -13,7 +13,6 @@ Handlers are plain functions run on the event loop; they should only note work (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client.api import ApiClient, Obj
 from skiff.cluster.client.errors import ApiStatusError
 from skiff.cluster.client.resources import Resource
@@ -139,11 +139,8 @@ class Informer:
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def run(self) -> None:
         """List (unless restarted after ``stop()``: then resume the watch where it was), then watch forever."""

@@ -9,11 +9,11 @@ server`` runs a manager in its own process by default (``--disable-controllers``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Iterable
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import ApiClient, ClusterConfig, Controller, SharedInformers
 from skiff.cluster.controllers.deployment import DeploymentController
 from skiff.cluster.controllers.endpoints import EndpointsController
@@ -81,11 +81,8 @@ class ControllerManager:
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 def _make(cls: type[Controller], client: ApiClient, informers: SharedInformers,

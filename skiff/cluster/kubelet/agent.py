@@ -9,7 +9,6 @@ then the node's services beside it. ``start()`` returns at once; ``started`` is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import socket
@@ -17,6 +16,7 @@ import socket
 import aiohttp
 import docker.errors
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import ApiClient, ApiStatusError
 from skiff.cluster.kubelet import pause
 from skiff.cluster.kubelet.kubelet import Kubelet, KubeletOptions
@@ -77,10 +77,7 @@ class NodeAgent:
             self._task.result()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self.services is not None:
             await self.services.stop()
         if self._kubelet_running:

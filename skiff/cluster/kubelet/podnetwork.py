@@ -20,6 +20,7 @@ import contextlib
 import ipaddress
 import logging
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import NODES, ApiClient, Informer
 from skiff.cluster.kubelet import podroutes
 from skiff.cluster.kubelet.runtime import EngineRuntime
@@ -71,11 +72,8 @@ class PodNetwork:
 
     async def stop(self) -> None:
         """Stop following; the engine network and the routes stay (the pods keep running)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.nodes.stop()
 
     def _wanted_cidr(self) -> str | None:

@@ -15,11 +15,11 @@ is logged and left out. ``stop()`` removes the proxy's table.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 from dataclasses import dataclass
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import ENDPOINT_SLICES, SERVICES, ApiClient, SharedInformers
 from skiff.cluster.dns.server import DnsServer
 from skiff.cluster.dns.zone import ClusterZone
@@ -59,11 +59,8 @@ class NodeServices:
         self._task = asyncio.create_task(self._run(node_ip), name=f"node-services-{self.options.node_name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.dns is not None:
             await self.dns.stop()
             self.dns = None

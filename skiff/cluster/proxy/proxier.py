@@ -11,13 +11,13 @@ the table. ``last_latency`` is the time from the first event a sync covers to th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import Informer
 from skiff.cluster.proxy import nft
 from skiff.cluster.proxy.model import LocalTarget, service_ports
@@ -78,11 +78,8 @@ class ServiceProxy:
 
     async def stop(self) -> None:
         """Stop following changes and remove the table."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await nft.apply(delete_script(self.options.table), self.options.nft_command)
         self._state = None
 
