@@ -82,6 +82,9 @@ def parse_revision(text: str | None, field: str = "resourceVersion") -> int | No
     return value
 
 
+GENERATE_NAME_ATTEMPTS = 8  # kube-apiserver's: a generated name is drawn again up to 7 times when taken
+
+
 class Registry:
     """Every verb over every type, on one store."""
 
@@ -174,6 +177,7 @@ class Registry:
     # Create ------------------------------------------------------------------------------------------------
 
     async def create(self, t: ResourceType, namespace: str | None, obj: Obj, dry_run: bool = False) -> Obj:
+        generated_from = None if meta(obj).get("name") else meta(obj).get("generateName")
         obj = self._prepare_create(t, namespace, obj)
         if t.namespaced:
             await self._check_namespace_open(namespace or "", t, meta(obj).get("name", ""))
@@ -186,14 +190,20 @@ class Registry:
         if dry_run:
             self._release_if_service(t, obj)
             return obj
-        try:
-            revision = await self.store.create(t.key(namespace, name), encode(obj))
-        except AlreadyExists:
-            self._release_if_service(t, obj)
-            raise already_exists(t.plural, t.group, name) from None
-        except BaseException:
-            self._release_if_service(t, obj)
-            raise
+        for attempt in range(1, GENERATE_NAME_ATTEMPTS + 1):
+            try:
+                revision = await self.store.create(t.key(namespace, name), encode(obj))
+                break
+            except AlreadyExists:
+                if generated_from and attempt < GENERATE_NAME_ATTEMPTS:
+                    # A generated name that is taken is drawn again (kube 1.32's RetryGenerateName).
+                    name = meta(obj)["name"] = generate_name(generated_from)
+                    continue
+                self._release_if_service(t, obj)
+                raise already_exists(t.plural, t.group, name) from None
+            except BaseException:
+                self._release_if_service(t, obj)
+                raise
         meta(obj)["resourceVersion"] = str(revision)
         self.dependents.note(t, obj)
         return obj

@@ -232,15 +232,7 @@ class ReplicaSetController(Controller):
         return created, None
 
     async def _create_pod(self, body: Obj, namespace: str | None) -> Obj:
-        """One pod; a generated name that happens to be taken is drawn again (kube 1.32's apiserver retries
-        generateName itself; this server may not)."""
-        for attempt in range(3):
-            try:
-                return await self.client.create(PODS, body, namespace)
-            except ApiStatusError as exc:
-                if not exc.already_exists or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return await self.client.create(PODS, body, namespace)  # a taken generated name: the server draws again
 
     async def _delete_pod(self, key: str, pod: Obj) -> None:
         meta = pod["metadata"]
