@@ -101,6 +101,18 @@ def workload(clients: Clients) -> None:
     clients.kubectl("apply", "-f", "-", input=DEPLOYMENT)
     clients.kubectl("create", "namespace", "team-a")
     clients.kubectl("create", "configmap", "settings", "-n", "team-a", "--from-literal=a=1", "--from-literal=b=2")
+    # The controllers run in the server: let what they write settle (the Deployment's status, its two pods, the
+    # new namespace's kube-root-ca.crt), or the two clients' tables would be taken on either side of a change.
+
+    def settled() -> bool:
+        deployment = json.loads(clients.kubectl("get", "deploy", "web", "-o", "json").stdout)
+        pods = clients.kubectl("get", "pods", "-l", "app=web", "-o", "name").stdout.split()
+        root_ca = clients.kubectl("get", "cm", "kube-root-ca.crt", "-n", "team-a", check=False).returncode == 0
+        status = deployment.get("status") or {}
+        return (status.get("observedGeneration") == deployment["metadata"]["generation"]
+                and status.get("updatedReplicas") == 2 and len(pods) == 2 and root_ca)
+
+    wait_for(settled, 60, 0.5)
 
 
 def cells(text: str) -> list[list[str]]:
