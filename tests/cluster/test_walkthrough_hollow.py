@@ -25,30 +25,10 @@ from tests.cluster.controllers.test_deployment import RolloutWatcher, rolled_out
 from tests.cluster.controllers.test_endpoints import pod_ips, wait_endpoints
 from tests.cluster.scheduler.conftest import HollowNodesProcess, api_server, kubectl
 from tests.cluster.scheduler.test_scheduling import running
+from tests.cluster.seed import DEPLOYMENT_YAML
 
 pytestmark = pytest.mark.usefixtures("hollow_nodes")
 NODES = ["hollow-node-0", "hollow-node-1", "hollow-node-2"]
-DEPLOYMENT_YAML = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 2
-  selector:
-    matchLabels:
-      app: web
-  template:
-    metadata:
-      labels:
-        app: web
-    spec:
-      containers:
-      - name: nginx
-        image: nginx:1.27
-        ports:
-        - containerPort: 80
-"""
 
 
 @pytest.fixture(scope="module")

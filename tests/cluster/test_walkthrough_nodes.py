@@ -37,6 +37,7 @@ from skiff.image.content import ContentStore
 from skiff.image.store import ImageStore
 from tests.cluster.api.conftest import wait_for
 from tests.cluster.local.test_cluster import Cluster, assert_nothing_left, container_of
+from tests.cluster.seed import DEPLOYMENT_YAML
 from tests.engine.conftest import reserve_net_block
 from tests.image import testimages
 
@@ -51,28 +52,6 @@ NGINX_CHANGES = (f"ENV {testimages.PATH_ENV}", "EXPOSE 80/tcp", "STOPSIGNAL SIGQ
 NODE_MONITOR_GRACE = 20  # > the in-process agent's 10 s lease interval, so node 1 never looks dead
 TOLERATION = 2  # the default unreachable/not-ready tolerationSeconds pods get
 SLACK = 90  # the machine is shared and loaded: generous waits, short configured intervals
-DEPLOYMENT_YAML = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 2
-  selector:
-    matchLabels:
-      app: web
-  template:
-    metadata:
-      labels:
-        app: web
-    spec:
-      containers:
-      - name: nginx
-        image: nginx:1.27
-        imagePullPolicy: IfNotPresent
-        ports:
-        - containerPort: 80
-"""
 
 
 # --- the cluster --------------------------------------------------------------------------------------------
