@@ -316,6 +316,37 @@ def test_exec_runs_in_the_pod_with_its_exit_code(cluster: Cluster) -> None:
     assert kubectl(cluster, "exec", target, "--", "sh", "-c", "exit 3", check=False).returncode == 3
 
 
+def test_a_pod_failing_readiness_leaves_the_services_endpoints(cluster: Cluster) -> None:
+    """The kubelet's readiness probe, the Ready condition it writes, and the endpoint controllers, end to end:
+    the probe reads a file the test takes away and puts back through kubectl exec."""
+    pod = json.loads(busybox_pod("flaky", node_name(cluster, 2), "touch /tmp/ready; exec sleep 3600", "Always"))
+    pod["metadata"]["labels"] = {"app": "flaky"}
+    pod["spec"]["containers"][0]["readinessProbe"] = {"exec": {"command": ["test", "-f", "/tmp/ready"]},
+                                                      "periodSeconds": 1, "failureThreshold": 1}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "flaky"},
+               "spec": {"selector": {"app": "flaky"}, "ports": [{"port": 80}]}}
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                            "items": [pod, service]}))
+
+    def addresses() -> tuple[list[str], list[str]]:
+        subsets = get(cluster, "endpoints", "flaky").get("subsets") or [{}]
+        return ([a["ip"] for a in subsets[0].get("addresses") or []],
+                [a["ip"] for a in subsets[0].get("notReadyAddresses") or []])
+
+    try:
+        ip = wait_for(lambda: get(cluster, "pod", "flaky")["status"].get("podIP") if ready(get(cluster, "pod", "flaky"))
+                      else None, timeout=SLACK, interval=0.5)
+        assert wait_for(lambda: addresses() == ([ip], []), timeout=SLACK, interval=0.5)
+        kubectl(cluster, "exec", "flaky", "--", "rm", "/tmp/ready")
+        assert wait_for(lambda: addresses() == ([], [ip]), timeout=SLACK, interval=0.5)
+        slices = get(cluster, "endpointslices", "-l", "kubernetes.io/service-name=flaky")["items"]
+        assert [e["conditions"]["ready"] for s in slices for e in s.get("endpoints") or []] == [False]
+        kubectl(cluster, "exec", "flaky", "--", "touch", "/tmp/ready")
+        assert wait_for(lambda: addresses() == ([ip], []), timeout=SLACK, interval=0.5)
+    finally:
+        kubectl(cluster, "delete", "pod,service", "flaky", "--grace-period=1", check=False)
+
+
 def test_the_nodes_have_no_route_out(cluster: Cluster) -> None:
     """What makes the next step's pull fail at once instead of reaching (or waiting for) a registry."""
     for index in (1, 2, 3):
