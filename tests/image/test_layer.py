@@ -89,7 +89,7 @@ class TarBuilder:
 
 def tree(root: str | Path, mtimes: bool = False) -> dict[str, tuple]:
     """Everything under ``root`` as comparable tuples: kind, mode, owner, content / target / device,
-    xattrs (overlay's own excluded), and optionally mtimes of non-directories."""
+    xattrs (overlay's own excluded), and optionally mtimes of non-directories other than whiteouts."""
     result: dict[str, tuple] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -106,7 +106,10 @@ def tree(root: str | Path, mtimes: bool = False) -> dict[str, tuple]:
             xattrs = {k: os.getxattr(path, k, follow_symlinks=False) for k in os.listxattr(path, follow_symlinks=False)
                       if not k.startswith(("trusted.overlay.", "security.selinux"))}
             entry: tuple = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, detail, xattrs)
-            if mtimes and not stat.S_ISDIR(st.st_mode):
+            # A whiteout's time is not carried: a layer writes its marker with mtime 0 (reproducible digests)
+            # and applying it makes the whiteout at that moment.
+            whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+            if mtimes and not stat.S_ISDIR(st.st_mode) and not whiteout:
                 entry += (int(st.st_mtime),)
             result[os.path.relpath(path, root)] = entry
     return result
