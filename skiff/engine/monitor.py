@@ -98,6 +98,7 @@ MONITOR_LOG = "monitor.log"
 DRAIN_SECONDS = 2.0
 LINGER_SECONDS = 5.0
 UNCLAIMED_SECONDS = 10.0
+SCRATCH_FALLBACK = "/tmp"  # for a runtime call's log and stderr when the state dir is gone
 _EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 _SUBREAPER = 36  # PR_SET_CHILD_SUBREAPER
 
@@ -319,9 +320,11 @@ class RuntimeCall:
                  stdio: tuple[int, int, int] | None = None) -> None:
         RuntimeCall._seq += 1
         self.mon, self.done, self.name = mon, done, args[0]
-        self._log = os.path.join(mon.opts.state_dir, f"runtime-{os.getpid()}-{RuntimeCall._seq}.log")
+        # The state dir, unless someone removed it (a wiped exec root): the container must still be deleted.
+        scratch = mon.opts.state_dir if os.path.isdir(mon.opts.state_dir) else SCRATCH_FALLBACK
+        self._log = os.path.join(scratch, f"runtime-{os.getpid()}-{RuntimeCall._seq}.log")
         # Its stderr is caught unless it is the process's own (create/exec: the container's stdio).
-        self._stderr = _scratch_file(mon.opts.state_dir) if stdio is None else -1
+        self._stderr = _scratch_file(scratch) if stdio is None else -1
         argv = [*mon.opts.runtime, "--root", mon.opts.runtime_root, "--log", self._log, "--log-format", "json",
                 *args]
         stdin, stdout, stderr = stdio or (mon.null_r, mon.null_w, self._stderr)
@@ -1206,7 +1209,10 @@ class ContainerMonitor:
         if self.calls:
             self.loop.later(0.02, self._delete_when_idle)
             return
-        self.runtime.delete(self._deleted)
+        try:
+            self.runtime.delete(self._deleted)
+        except Exception as e:  # whatever failed, the exit is still recorded and the monitor ends
+            self._deleted(1, f"runtime delete: {e}")
 
     def _deleted(self, code: int, message: str) -> None:
         if code:
@@ -1214,7 +1220,11 @@ class ContainerMonitor:
         self.exit = {**self._exit, "started_at": self.started_at}
         self.state = "exited"
         # No fsync: the state dir is under the exec root (/run), describing processes a power loss ends.
-        write_atomically(os.path.join(self.opts.state_dir, EXIT_FILE), _json(self.exit) + b"\n", durable=False)
+        try:
+            write_atomically(os.path.join(self.opts.state_dir, EXIT_FILE), _json(self.exit) + b"\n",
+                             durable=False)
+        except OSError as e:  # the state dir removed under us: no record to keep, but the monitor still ends
+            print(f"monitor: cannot record the exit: {e}", file=sys.stderr)
         self._stop_serving()  # whoever learns of the exit finds the exit file and no socket
         for client in self.waiters:
             client.reply(**self.exit)

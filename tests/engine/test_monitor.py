@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -447,6 +448,24 @@ async def test_monitor_survives_the_daemon_and_reconnects(boxes: Boxes) -> None:
     assert await Monitor.connect(box.state_dir) is None
     recorded = Monitor.read_exit(box.state_dir)
     assert recorded is not None and recorded.exit_code == 0
+
+
+@both_runtimes
+async def test_a_monitor_whose_state_dir_is_gone_still_exits_with_its_container(boxes: Boxes, runtime: str) -> None:
+    """Its container's init killed from outside and its state dir removed (a data root wiped by hand while the
+    daemon was dead): nothing is left to record the exit in, and the monitor must not stay behind for it."""
+    box = await boxes.launch(["sleep", "60"], runtime=runtime)
+    await box.m.start()
+    monitor_pid, init_pid = box.m.monitor_pid, box.m.pid
+    await box.m.close()
+    box.monitor = None
+    shutil.rmtree(box.state_dir)
+    os.kill(init_pid, signal.SIGKILL)
+    gone = await _gone(monitor_pid)
+    if not gone:
+        os.kill(monitor_pid, signal.SIGKILL)
+    assert gone, f"monitor {monitor_pid} outlived its container"
+    assert box.runtime_state().returncode != 0  # and it still had the runtime delete the container
 
 
 # --- exec --------------------------------------------------------------------------------------------
