@@ -10,7 +10,6 @@ so a bad name is NAME_INVALID (400), a known path with the wrong method UNSUPPOR
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import signal
@@ -22,6 +21,7 @@ from typing import Protocol
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.registry.errors import DistributionError
 from skiff.registry.handlers import RegistryAPI
 from skiff.registry.names import check_name
@@ -144,9 +144,7 @@ def _upload_sweeper(storage: Storage, api: RegistryAPI) -> Callable[[web.Applica
     async def context(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(sweep_forever())
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     return context
 

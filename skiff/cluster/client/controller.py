@@ -15,10 +15,10 @@ delayed; the events in between coalesce into one sync.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client.api import ApiClient
 from skiff.cluster.client.informer import Informer
 from skiff.cluster.client.workqueue import ShutDown, WorkQueue
@@ -70,11 +70,7 @@ class Controller:
             await asyncio.gather(*workers)
         finally:
             self.queue.shutdown()
-            for task in workers:
-                task.cancel()
-            for task in workers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(*workers)
 
     async def _worker(self) -> None:
         while True:

@@ -13,7 +13,6 @@ deletion once its containers are gone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ipaddress
 import logging
@@ -23,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import LEASES, NODES, PODS, ApiClient, ApiStatusError, Informer, ShutDown, WorkQueue
 from skiff.cluster.kubelet.status import qos_class  # the real kubelet's, as kubemark reuses it
 from skiff.errors import InvalidArgument, SkiffError
@@ -150,11 +150,7 @@ class HollowNodes:
 
     async def stop(self) -> None:
         self.work.shutdown()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         await self.pods.stop()
 

@@ -10,7 +10,6 @@ interval removes containers and volumes of pods the API no longer has (deleted w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import PODS, ApiClient, Informer, ShutDown, WorkQueue
 from skiff.cluster.controllers.events import EventRecorder
 from skiff.cluster.kubelet import naming, pause
@@ -117,11 +117,7 @@ class Kubelet:
         """Stop the agent; the pods' containers keep running (a restarted agent finds them)."""
         self.work.shutdown()
         self.prober.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self.server is not None:
             await self.server.stop()

@@ -11,13 +11,13 @@ channel holds 1,000). So a burst of thousands of pods is bound at full speed and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import EVENTS, ApiClient
 from skiff.errors import SkiffError
 
@@ -49,11 +49,7 @@ class EventWriter:
         self._writers = [asyncio.create_task(self._drain(), name=f"scheduler-events-{i}") for i in range(WRITERS)]
 
     async def stop(self) -> None:
-        for task in self._writers:
-            task.cancel()
-        for task in self._writers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._writers)
         self._writers = []
 
     def scheduled(self, pod: dict[str, Any], node: str) -> None:
