@@ -1,8 +1,8 @@
 """The leak check every test session ends with: kernel objects made during the session must be gone.
 
 At session start it snapshots the host's mounts, named network namespaces, cgroup directories (in
-every cgroup hierarchy mounted on the host: each v1 controller and the cgroup2 one), network links
-and processes; at session end it snapshots again and reports what is new. A leftover makes the
+every cgroup hierarchy mounted on the host: each v1 controller and the cgroup2 one), network links,
+nftables tables and processes; at session end it snapshots again and reports what is new. A leftover makes the
 session fail (exit status 1) after printing what was left behind.
 
 Processes count as leaked when they were started during the session and are still alive at its end
@@ -55,6 +55,7 @@ class Snapshot:
     links: set[str]
     procs: dict[int, int]  # pid -> start time (clock ticks since boot)
     own_cgroups: dict[str, str] = field(default_factory=dict)  # hierarchy name -> our cgroup path
+    nft_tables: set[str] = field(default_factory=set)  # "<family> <name>"
 
 
 def _unescape(s: str) -> str:
@@ -153,6 +154,15 @@ def read_links() -> set[str]:
     return set(os.listdir("/sys/class/net"))
 
 
+def read_nft_tables() -> set[str]:
+    """nftables tables in this network namespace, as ``<family> <name>`` (empty without ``nft``)."""
+    nft = shutil.which("nft")
+    if not nft:
+        return set()
+    out = subprocess.run([nft, "list", "tables"], capture_output=True, text=True, check=False).stdout
+    return {line.split(None, 1)[1].strip() for line in out.splitlines() if line.startswith("table ")}
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -176,7 +186,8 @@ def read_procs() -> dict[int, int]:
 def snapshot() -> Snapshot:
     hierarchies = cgroup_hierarchies()
     return Snapshot(mounts=read_mounts(), netns=read_netns(), cgroups=read_cgroups(hierarchies),
-                    links=read_links(), procs=read_procs(), own_cgroups=own_cgroups())
+                    links=read_links(), procs=read_procs(), own_cgroups=own_cgroups(),
+                    nft_tables=read_nft_tables())
 
 
 def _proc_info(pid: int) -> dict[str, str]:
@@ -247,6 +258,7 @@ def diff(before: Snapshot, after: Snapshot, *, session_pid: int | None = None,
             if not _ignored_cgroup(h, path, before.own_cgroups) and not _other_sessions_cgroup(path, tag):
                 leaks.append(f"cgroup: {h.name}:{path} ({os.path.join(h.mountpoint, path.lstrip('/'))})")
     leaks += [f"link: {name}" for name in sorted(after.links - before.links)]
+    leaks += [f"nft table: {table}" for table in sorted(after.nft_tables - before.nft_tables)]
     tmp_dirs = [os.path.realpath(d) for d in tmp_dirs if d]
     for pid, start in sorted(after.procs.items()):
         if before.procs.get(pid) == start or pid == os.getpid():

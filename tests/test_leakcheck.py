@@ -122,3 +122,15 @@ def test_leak_check_attributes_test_cgroups_to_their_session() -> None:
         if not top_existed:
             with contextlib.suppress(OSError):  # another session may be using it
                 top.rmdir()
+
+
+@needs_root
+def test_leak_check_sees_an_nftables_table() -> None:
+    name = f"skiff-leakcheck-{os.getpid()}"
+    before = leakcheck.snapshot()
+    subprocess.run(["nft", "add", "table", "inet", name], check=True)
+    try:
+        assert f"nft table: inet {name}" in leakcheck.diff(before, leakcheck.snapshot())
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", name], check=True)
+    assert not [leak for leak in leakcheck.diff(before, leakcheck.snapshot()) if name in leak]

@@ -10,7 +10,8 @@ there. Without one (a server without IPAM, a plain dockerd with no ``--pod-cidr`
 engine's default bridge, as before; a pod CIDR assigned later takes effect for the sandboxes made from then on.
 
 Every Node is watched: on each change (and every ``resync`` seconds, should someone flush the table) the routes
-to the others' pod CIDRs are brought up to date on a worker thread.
+to the others' pod CIDRs are brought up to date on a worker thread, and so is the masquerade for pod traffic
+leaving every pod CIDR (``podegress``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 
 from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import NODES, ApiClient, Informer
-from skiff.cluster.kubelet import podroutes
+from skiff.cluster.kubelet import podegress, podroutes
 from skiff.cluster.kubelet.runtime import EngineRuntime
 from skiff.errors import SkiffError
 
@@ -46,6 +47,7 @@ class PodNetwork:
         self.cidr_wait = cidr_wait
         self.resync = resync
         self.nodes = Informer(client, NODES)
+        self.egress = podegress.PodEgress()
         self.pod_cidr: str | None = None  # set once the engine network exists
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -84,26 +86,32 @@ class PodNetwork:
 
     async def _follow(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._changed.wait(), self.resync)
+                resync = False
+            except TimeoutError:
+                resync = True
             self._changed.clear()
-            await self._reconcile_logged()
+            await self._reconcile_logged(resync=resync)
 
-    async def _reconcile_logged(self) -> None:
+    async def _reconcile_logged(self, *, resync: bool = True) -> None:
         """A failure (the engine refusing the network, say) leaves sandboxes where they were; retried later."""
         try:
-            await self._reconcile()
+            await self._reconcile(resync=resync)
         except (SkiffError, OSError) as exc:
             log.warning("node %s: pod network: %s", self.node_name, exc)
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self, *, resync: bool) -> None:
         cidr = self._wanted_cidr()
         if cidr and cidr != self.pod_cidr:
             await self.ensure_engine_network(cidr)
             self.pod_cidr = cidr
             log.info("node %s: pods on %s (%s)", self.node_name, NETWORK_NAME, cidr)
-        wanted = podroutes.wanted_routes(self.nodes.list(), self.node_name, self.pod_cidr)
+        nodes = self.nodes.list()
+        wanted = podroutes.wanted_routes(nodes, self.node_name, self.pod_cidr)
         await asyncio.to_thread(podroutes.sync_routes, wanted)
+        if self.pod_cidr:
+            await self.egress.sync(self.pod_cidr, podegress.pod_cidrs(nodes), force=resync)
 
     async def ensure_engine_network(self, cidr: str) -> None:
         """The ``skiff-pods`` network on the engine with subnet ``cidr``; one with another subnet is replaced

@@ -1,16 +1,19 @@
 """The agent's pod network on one node: given a pod CIDR (``--pod-cidr`` here; the node IPAM controller's
 ``spec.podCIDR`` in a cluster, see tests/cluster/local), the agent makes the ``skiff-pods`` bridge network on its
 engine through the Engine API (subnet = the pod CIDR, gateway = its first address, no masquerade, routed
-gateway mode) and puts the pods' sandboxes on it, so a pod's IP comes from the node's pod CIDR."""
+gateway mode) and puts the pods' sandboxes on it, so a pod's IP comes from the node's pod CIDR; and it
+masquerades what its pods send outside the pod CIDRs (``podegress``)."""
 
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from skiff.cluster.kubelet import podegress
 from tests.cluster.api.conftest import ServerProcess
 from tests.cluster.kubelet.conftest import AgentProcess, Api, delete_pod, pod_manifest, unmount_below, wait_pod
 from tests.engine.conftest import EngineProcess
@@ -40,6 +43,8 @@ def agent(api_server: ServerProcess, busybox_engine: EngineProcess, pod_cidr: st
     finally:
         process.stop()
         unmount_below(process.data_dir)
+        # the agent's masquerade table outlives it, as its routes do (a node's teardown removes them)
+        subprocess.run(["nft", "delete", "table", "ip", podegress.TABLE], capture_output=True)
         for network in busybox_engine.request("GET", "/networks").json():
             if network["Name"] == "skiff-pods":
                 for container in busybox_engine.request("GET", "/containers/json?all=1").json():
@@ -67,6 +72,9 @@ def test_pods_get_addresses_from_the_pod_cidr(api: Api, agent: AgentProcess, bus
             "GET", '/containers/json?filters={"label":["io.kubernetes.pod.name=netpod",'
                    '"io.kubernetes.docker.type=podsandbox"]}').json()
         assert [s["HostConfig"]["NetworkMode"] for s in sandboxes] == ["skiff-pods"]
+        table = subprocess.run(["nft", "list", "table", "ip", podegress.TABLE], capture_output=True, text=True,
+                               check=True).stdout  # traffic leaving the pod CIDRs is masqueraded
+        assert f"ip saddr {pod_cidr} ip daddr != @pod-cidrs" in table and "masquerade" in table
     finally:
         delete_pod(api, "netpod")
 

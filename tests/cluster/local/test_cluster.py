@@ -4,7 +4,8 @@ command, the real kubectl and docker-py on the nodes' engine sockets.
 
 Shown here: every node Ready with its own pod CIDR; the busybox image loaded on every node by ``skiff cluster
 load``; pods pinned to different nodes get addresses from their node's pod CIDR; a pod on node 1 reaches a pod
-on node 2 by its IP and is seen there with its own address (routed, not NATed); ``skiff cluster delete``
+on node 2 by its IP and is seen there with its own address (routed, not NATed), while traffic leaving the pod
+CIDRs (to the host) is seen with the node's address (masqueraded); ``skiff cluster delete``
 removes every process, namespace, link, mount, cgroup and file even after node 2's processes were SIGKILLed.
 
 The nodes' subnet is the test engines' reserved 10.K block (``reserve_net_block``), so sessions side by side
@@ -13,12 +14,15 @@ never share addresses or names; nothing is sent anywhere but to addresses inside
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +180,68 @@ def test_a_pod_reaches_a_pod_on_another_node_by_its_ip(cluster: Cluster) -> None
         node1.close()
         node2.close()
         cluster.kubectl("delete", "pod", "web", "client", "--wait=false")
+
+
+class PeerEcho:
+    """An HTTP server on the host's end of the cluster bridge (outside every pod CIDR) that answers with the
+    address it saw the request come from. Its socket is bound to the bridge, so even an answer to an
+    unmasqueraded pod address could only go back onto the cluster's bridge, never out of the host."""
+
+    def __init__(self, address: str, bridge: str) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bridge.encode())
+        self.sock.bind((address, 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.url = f"http://{address}:{self.sock.getsockname()[1]}/"
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, (peer, _port) = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + peer.encode())
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def test_pod_traffic_leaving_the_pod_cidrs_is_masqueraded(cluster: Cluster) -> None:
+    """A pod reaching an address in no pod CIDR (the host, here) is seen there with its node's address, so the
+    answer finds its way back; between pods the pod's own address is kept (the test above)."""
+    state, found = cluster.state, nodes(cluster)
+    echo = PeerEcho(state["gateway"], state["bridge"])
+    names = [f"{cluster.name}-1", f"{cluster.name}-2"]
+    pods = [pod(f"egress{i}", name, ["sleep", "3600"]) for i, name in enumerate(names, 1)]
+    subprocess.run([KUBECTL, "--kubeconfig", str(cluster.root.parent / "kubeconfig"), "apply", "-f", "-"],
+                   input=json.dumps({"apiVersion": "v1", "kind": "List", "items": pods}), text=True,
+                   check=True, capture_output=True)
+    try:
+        for index, name in enumerate(names, 1):
+            running_pod(cluster, f"egress{index}")
+            node_ip = next(a["address"] for a in found[name]["status"]["addresses"] if a["type"] == "InternalIP")
+            engine = cluster.engine(index)
+            try:
+                exec_id = engine.exec_create(container_of(engine, f"egress{index}"),
+                                             ["timeout", "10", "wget", "-qO-", echo.url])
+                output = engine.exec_start(exec_id).decode().strip()
+                assert engine.exec_inspect(exec_id)["ExitCode"] == 0, output
+            finally:
+                engine.close()
+            assert output == node_ip, f"the host saw {output!r} from a pod on {name}, not its node's {node_ip}"
+    finally:
+        echo.close()
+        cluster.kubectl("delete", "pod", "egress1", "egress2", "--wait=false")
 
 
 def test_routes_follow_the_nodes(cluster: Cluster) -> None:
