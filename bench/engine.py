@@ -12,6 +12,8 @@ sockets, loads an offline-built busybox (``tests/image/testimages.py``) into eac
    the drop in ``MemAvailable`` divided by M, and the PSS (``/proc/PID/smaps_rollup``) of every process
    the daemon added per container (Skiff: monitor + container init; dockerd: containerd shim + init).
 3. Daemon RSS (``VmRSS``) idle and with the M containers (dockerd's containerd shown beside it).
+4. ``docker logs`` throughput: a container logs ``--log-megabytes`` MB of 100-byte lines (json-file on both
+   daemons); ``docker logs C`` is timed to the end of its output, median of 3, MB/s and the ratio.
 
 dockerd is looked up as ``--dockerd``, then on PATH, then in ``/tmp/dockerpkg/root`` (an unpacked Debian
 ``docker.io``: ``apt-get download docker.io containerd tini`` and ``dpkg-deb -x`` each into that directory;
@@ -340,6 +342,25 @@ def measure_latency(daemons: list[Daemon], runs: int, warmup: int) -> None:
             d.timed_run()
 
 
+def measure_logs(d: Daemon, megabytes: int, repeats: int = 3) -> float:
+    """MB/s of ``docker logs`` over a container that logged ``megabytes`` MB of 100-byte lines (median)."""
+    size = megabytes * 1_000_000
+    script = f"yes {'0123456789' * 9}abcdefghi | head -c {size}"  # 99 characters and a newline a line
+    cid = d.docker("run", "-d", *NETWORK, IMAGE, "sh", "-c", script).stdout.strip()
+    try:
+        d.docker("wait", cid, timeout=300)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            out = d.docker("logs", cid, timeout=600).stdout
+            times.append(time.perf_counter() - started)
+            if len(out) != size:
+                raise RuntimeError(f"[{d.name}] docker logs gave {len(out)} bytes, not {size}")
+        return size / statistics.median(times) / 1e6
+    finally:
+        d.docker("rm", "-f", cid, check=False)
+
+
 def measure_memory(d: Daemon, count: int) -> dict:
     """Start ``count`` sleeping containers on ``d``; what they cost; then remove them."""
     helpers = d.helper_pids()
@@ -505,6 +526,15 @@ def report(daemons: list[Daemon], memory: dict[str, dict], a: argparse.Namespace
     print(f"  daemon idle RSS <= {IDLE_RSS_GOAL:.0f} MiB: {verdict(idle <= IDLE_RSS_GOAL)} (skiff {idle:.1f} MiB)")
 
 
+def report_logs(rates: dict[str, float], megabytes: int) -> None:
+    print(f"\ndocker logs of {megabytes} MB (100-byte lines), median of 3:")
+    for name, rate in rates.items():
+        print(f"  {name:<8} {rate:7.1f} MB/s")
+    if len(rates) == 2:
+        skiff, docker = rates.values()
+        print(f"  ratio skiff/dockerd {skiff / docker:.2f} (higher is better)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=20, help="timed `docker run` per daemon (default 20)")
@@ -516,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dockerd", help=f"the peer dockerd (default: PATH, then {UNPACKED_DOCKER}/usr/sbin/dockerd)")
     p.add_argument("--skiff-runtime", default="skiff", help="the engine's --runtime: skiff|runc|crun (default skiff)")
     p.add_argument("--no-peer", action="store_true", help="measure skiff alone, against the reference figures")
+    p.add_argument("--log-megabytes", type=int, default=20, help="logged volume for `docker logs` (default 20)")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         print("engine: needs root (containers and cgroups)", file=sys.stderr)
@@ -548,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                 rounds[d.name].append(measure_memory(d, a.containers))
         memory = {name: median_result(results) for name, results in rounds.items()}
         report(daemons, memory, a, peer_note)
+        report_logs({d.name: measure_logs(d, a.log_megabytes) for d in daemons}, a.log_megabytes)
         return 0
     finally:
         for d in reversed(daemons):

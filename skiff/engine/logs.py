@@ -36,6 +36,7 @@ _STREAM_NUMBERS = {"stdout": STDOUT, "stderr": STDERR}
 
 # Docker's copier buffer: a line that grows past this is logged in pieces.
 PARTIAL_LIMIT = 16 * 1024
+BATCH_LINES = 1024  # log lines a reader yields (and a server writes) at once, at most
 
 
 # --- time ----------------------------------------------------------------------------------------
@@ -349,7 +350,21 @@ def _past(rec, until_ns: int | None) -> bool:
 async def read_logs(path: str, *, follow: bool = False, since: float | None = None, until: float | None = None,
                     tail: int | None = None, timestamps: bool = False,
                     stop: asyncio.Event | None = None) -> AsyncIterator[tuple[int, bytes]]:
-    """Yield ``(1|2, payload)`` for each logged line, as ``docker logs`` shows them.
+    """Yield ``(1|2, payload)`` for each logged line, as ``docker logs`` shows them (``read_log_batches``
+    one at a time)."""
+    async for batch in read_log_batches(path, follow=follow, since=since, until=until, tail=tail,
+                                        timestamps=timestamps, stop=stop):
+        for item in batch:
+            yield item
+
+
+async def read_log_batches(path: str, *, follow: bool = False, since: float | None = None,
+                           until: float | None = None, tail: int | None = None, timestamps: bool = False,
+                           stop: asyncio.Event | None = None,
+                           batch_lines: int = BATCH_LINES) -> AsyncIterator[list[tuple[int, bytes]]]:
+    """Yield lists of ``(1|2, payload)``, one per logged line, as ``docker logs`` shows them: whatever is
+    readable at once, at most ``batch_lines`` a list (a server writes each list in one go: per line, the
+    writes would cost more than the reading).
 
     ``tail`` keeps the last N lines (None: all; applied before ``since``/``until``, as Docker does);
     ``since``/``until`` are Unix times (since inclusive, until exclusive); ``timestamps`` prefixes
@@ -369,28 +384,43 @@ async def read_logs(path: str, *, follow: bool = False, since: float | None = No
         lines = _initial_lines(segments, tail)
         for seg in segments[:-1]:
             seg.f.close()
-        for line in lines:
-            rec = _decode(line)
-            if _past(rec, until_ns):
+        for first in range(0, len(lines), batch_lines):
+            batch, ended = _render_lines(lines[first:first + batch_lines], since_ns, until_ns, timestamps)
+            if batch:
+                yield batch
+            if ended:
                 return
-            if _within(rec, since_ns):
-                yield _render(rec, timestamps)
         if not follow:
             return
-        async for line in _follow_lines(follower, stop):
-            rec = _decode(line)
-            if _past(rec, until_ns):
-                return
-            if _within(rec, since_ns):
-                yield _render(rec, timestamps)
+        async for more in _follow_lines(follower, stop):
+            for first in range(0, len(more), batch_lines):
+                batch, ended = _render_lines(more[first:first + batch_lines], since_ns, until_ns, timestamps)
+                if batch:
+                    yield batch
+                if ended:
+                    return
     finally:
         for seg in segments[:-1]:
             seg.f.close()
         follower.f.close()
 
 
-async def _follow_lines(follower: _Follower, stop: asyncio.Event | None) -> AsyncIterator[bytes]:
-    """Lines appended from now on, polled with a short back-off (the standard library has no inotify)."""
+def _render_lines(lines: list[bytes], since_ns: int | None, until_ns: int | None,
+                  timestamps: bool) -> tuple[list[tuple[int, bytes]], bool]:
+    """The records of ``lines`` to show, and whether one reached ``until`` (reading stops there)."""
+    shown = []
+    for line in lines:
+        rec = _decode(line)
+        if _past(rec, until_ns):
+            return shown, True
+        if _within(rec, since_ns):
+            shown.append(_render(rec, timestamps))
+    return shown, False
+
+
+async def _follow_lines(follower: _Follower, stop: asyncio.Event | None) -> AsyncIterator[list[bytes]]:
+    """Lines appended from now on, as they come (a list per read), polled with a short back-off (the
+    standard library has no inotify)."""
     import asyncio
 
     delay = 0.01
@@ -398,9 +428,8 @@ async def _follow_lines(follower: _Follower, stop: asyncio.Event | None) -> Asyn
         lines = follower.read_lines()
         if not lines and follower.advance():
             continue
-        for line in lines:
-            yield line
         if lines:
+            yield lines
             delay = 0.01
             continue
         if stop is not None and stop.is_set():

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from skiff.engine.logs import PARTIAL_LIMIT, JsonFileWriter, format_time, parse_size, parse_time, read_logs
+from skiff.engine.logs import (
+    PARTIAL_LIMIT,
+    JsonFileWriter,
+    format_time,
+    parse_size,
+    parse_time,
+    read_log_batches,
+    read_logs,
+)
 
 SECOND = 1_000_000_000
 T0 = 1_767_323_045 * SECOND  # 2026-01-02T03:04:05Z
@@ -226,3 +234,18 @@ async def test_follow_survives_truncation(tmp_path: Path) -> None:
     assert [d for _, d in await asyncio.wait_for(reader, 10)] == [f"t{i}\n".encode() for i in range(6)]
     assert os.listdir(tmp_path) == ["c.log"]
 
+
+
+def test_batches_hold_at_most_batch_lines_and_stop_at_until(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    write_lines(path, 25)
+
+    async def batches(**kw: object) -> list[list[tuple[int, bytes]]]:
+        return [b async for b in read_log_batches(str(path), batch_lines=10, **kw)]  # type: ignore[arg-type]
+
+    whole = asyncio.run(batches())
+    assert [len(b) for b in whole] == [10, 10, 5]
+    assert [d for b in whole for _, d in b] == [f"line{i}\n".encode() for i in range(25)]
+    cut = asyncio.run(batches(since=(T0 + 3 * SECOND) / SECOND, until=(T0 + 14 * SECOND) / SECOND))
+    assert [d for b in cut for _, d in b] == [f"line{i}\n".encode() for i in range(3, 14)]
+    assert [len(b) for b in cut] == [7, 4]  # lines 0-2 not shown; reading stops inside the second batch

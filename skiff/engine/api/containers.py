@@ -46,7 +46,7 @@ from skiff.engine.containers import (
     system_cpu_usage,
 )
 from skiff.engine.filters import labels_match, pattern_match, port_filter, port_key
-from skiff.engine.logs import read_logs
+from skiff.engine.logs import read_log_batches
 from skiff.engine.ocispec import MASKED_PATHS, READONLY_PATHS
 from skiff.units import human_duration
 
@@ -572,7 +572,7 @@ class ContainerRoutes(ServiceRoutes):
         tail = request.query.get("tail", "all")
         since, until = request.query.get("since"), request.query.get("until")
         tty = bool(c.config.get("Tty"))
-        lines = read_logs(
+        batches = read_log_batches(
             self.svc.log_path(c), follow=query_bool(request, "follow"), tail=_tail(tail),
             since=parse_timestamp(since) if since and since != "0" else None,
             until=parse_timestamp(until) if until and until != "0" else None,
@@ -581,9 +581,10 @@ class ContainerRoutes(ServiceRoutes):
         response.enable_chunked_encoding()
         await response.prepare(request)
         wanted = {1: stdout, 2: stderr}
-        async for stream, data in until_disconnected(request, _safe_logs(lines)):
-            if wanted.get(stream):
-                await response.write(data if tty else frame(stream, data))
+        async for batch in until_disconnected(request, _safe_logs(batches)):
+            data = _framed(batch, wanted, tty)
+            if data:
+                await response.write(data)
         await response.write_eof()
         return response
 
@@ -606,9 +607,10 @@ class ContainerRoutes(ServiceRoutes):
         wanted = {0: True, 1: stdout, 2: stderr}
         try:
             if query_bool(request, "logs"):
-                async for stream, data in _safe_logs(read_logs(self.svc.log_path(c))):
-                    if wanted.get(stream):
-                        await raw.write(data if tty else frame(stream, data))
+                async for batch in _safe_logs(read_log_batches(self.svc.log_path(c))):
+                    data = _framed(batch, wanted, tty)
+                    if data:
+                        await raw.write(data)
             if pending is not None:
                 # As dockerd: detach keys are looked for in a terminal's input only (piped data may hold them).
                 await self._attach_stream(request, raw, c, pending, stdin=stdin, stdout=stdout, stderr=stderr,
@@ -695,13 +697,20 @@ def _tail(text: str) -> int | None:
         raise errors.InvalidArgument(f"invalid tail value {text!r}: want a number or 'all'") from None
 
 
-async def _safe_logs(lines: AsyncIterator[tuple[int, bytes]]) -> AsyncIterator[tuple[int, bytes]]:
+async def _safe_logs(batches: AsyncIterator[list[tuple[int, bytes]]]) -> AsyncIterator[list[tuple[int, bytes]]]:
     """A missing log file (a container that never ran) reads as empty."""
     try:
-        async for item in lines:
-            yield item
+        async for batch in batches:
+            yield batch
     except FileNotFoundError:
         return
+
+
+def _framed(batch: list[tuple[int, bytes]], wanted: dict[int, bool], tty: bool) -> bytes:
+    """One write's worth of log lines: raw with a terminal, else each in its stream's 8-byte frame."""
+    if tty:
+        return b"".join(data for stream, data in batch if wanted.get(stream))
+    return b"".join(frame(stream, data) for stream, data in batch if wanted.get(stream))
 
 
 def register(app: web.Application, engine: Any) -> None:
