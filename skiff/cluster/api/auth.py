@@ -206,7 +206,7 @@ def bootstrap_policy() -> list[tuple[str, Obj]]:
     """``(plural, object)`` for each default ClusterRole and ClusterRoleBinding."""
     workloads = ["pods", "services", "endpoints", "configmaps", "secrets", "events", "serviceaccounts",
                  "deployments", "deployments/scale", "replicasets", "replicasets/scale", "leases", "endpointslices",
-                 "pods/log", "pods/exec", "pods/attach"]
+                 "pods/log", "pods/exec", "pods/attach", "pods/portforward"]
     return [
         ("clusterroles", _role("cluster-admin", [{"apiGroups": _ALL, "resources": _ALL, "verbs": _ALL},
                                                  {"nonResourceURLs": _ALL, "verbs": _ALL}])),

@@ -32,8 +32,9 @@ def _sub_kind(t: ResourceType, sub: str) -> tuple[str, str, str]:
         return SCALE
     if sub == "binding":
         return "", "v1", "Binding"
-    if sub in ("log", "exec", "attach"):
-        return "", "v1", {"log": "Pod", "exec": "PodExecOptions", "attach": "PodAttachOptions"}[sub]
+    if sub in ("log", "exec", "attach", "portforward"):
+        return "", "v1", {"log": "Pod", "exec": "PodExecOptions", "attach": "PodAttachOptions",
+                          "portforward": "PodPortForwardOptions"}[sub]
     if sub == "token":
         return "authentication.k8s.io", "v1", "TokenRequest"
     return t.gvk

@@ -153,7 +153,7 @@ class ResourceHandler:
     def __init__(self, registry: Registry, authorizer: RBACAuthorizer) -> None:
         self.registry = registry
         self.authorizer = authorizer
-        self.pod_proxy: PodProxy | None = None  # pods/log, exec and attach, through the pod's kubelet
+        self.pod_proxy: PodProxy | None = None  # pods/log, exec, attach and portforward, through the kubelet
         self.tokens: ServiceAccountTokens | None = None  # serviceaccounts/token
 
     async def handle(self, request: web.Request, info: RequestInfo) -> web.StreamResponse:
@@ -372,7 +372,7 @@ class ResourceHandler:
         elif sub == "token" and method == "POST" and self.tokens is not None:
             body = parse_body(await request.read(), _content_type(request))
             return json_response(await self.tokens.token_request(namespace or "", name, body), 201)
-        elif sub in ("log", "exec", "attach"):
+        elif sub in ("log", "exec", "attach", "portforward"):
             pod = await self.registry.get(t, namespace, name)
             if self.pod_proxy is None:
                 raise ApiError(503, "ServiceUnavailable", f"pods/{sub} is not served by this API server")

@@ -1,4 +1,5 @@
-"""``pods/log``, ``pods/exec`` and ``pods/attach``: checked here, then served by the kubelet of the pod's node.
+"""``pods/log``, ``pods/exec``, ``pods/attach`` and ``pods/portforward``: checked here, then served by the kubelet
+of the pod's node.
 
 The pod must exist and be bound, and the container must be one of its own (kube's messages: "a container name
 must be specified for pod p, choose one of: [a b]", "container c is not valid for pod p"). The kubelet is
@@ -6,8 +7,8 @@ reached at the node's InternalIP and ``status.daemonEndpoints.kubeletEndpoint.Po
 presents its kubelet-client certificate and verifies the kubelet's against the cluster CA (for logs,
 ``insecureSkipTLSVerifyBackend=true`` skips that check, as in kube).
 
-Logs are streamed through as they come (``follow`` keeps the response open until either side ends it). An exec
-or attach WebSocket is first opened to the kubelet with the subprotocols the client offered; the client's
+Logs are streamed through as they come (``follow`` keeps the response open until either side ends it). An exec,
+attach or port-forward WebSocket is first opened to the kubelet with the subprotocols the client offered; the client's
 upgrade is then accepted with the one the kubelet chose, and messages are relayed unchanged both ways
 (channel bytes, the v5 close signal, the final Status) until either side closes. aiohttp has no public way to
 hijack a server connection, so the relay is per WebSocket message rather than per byte; to the protocol,
@@ -95,9 +96,13 @@ class PodProxy:
         phase = (pod.get("status") or {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             raise bad_request(f"cannot {subresource} into a container in a completed pod; current phase is {phase}")
-        container = _container(pod, request.query.get("container", ""))
-        url = await self._kubelet_url(pod, subresource, container)
-        query = [(k, v) for k in ("command", *STREAM_PARAMS) for v in request.query.getall(k, [])]
+        if subresource == "portforward":  # the pod's ports, not a container's: kube's kubelet path
+            url = await self._kubelet_url(pod, "portForward", None)
+            query = [("ports", v) for v in request.query.getall("ports", [])]
+        else:
+            container = _container(pod, request.query.get("container", ""))
+            url = await self._kubelet_url(pod, subresource, container)
+            query = [(k, v) for k in ("command", *STREAM_PARAMS) for v in request.query.getall(k, [])]
         if request.method == "POST" or request.headers.get("Upgrade", "").lower() != "websocket":
             # SPDY (kubectl's fallback after a refused WebSocket) or no upgrade: the kubelet's reason to refuse
             # (the container not running, say), else that it serves WebSocket only
@@ -130,7 +135,7 @@ class PodProxy:
 
     # --- the kubelet ------------------------------------------------------------------------------------------
 
-    async def _kubelet_url(self, pod: Obj, endpoint: str, container: str) -> str:
+    async def _kubelet_url(self, pod: Obj, endpoint: str, container: str | None) -> str:
         meta = pod["metadata"]
         node_name = (pod.get("spec") or {}).get("nodeName")
         if not node_name:
@@ -148,8 +153,8 @@ class PodProxy:
         if not address or not port:
             raise internal(f"node {node_name} publishes no kubelet endpoint (InternalIP and kubelet port)")
         host = f"[{address}]" if ":" in address else address
-        path = "/".join(quote(part, safe="") for part in (meta.get("namespace") or "default", meta["name"],
-                                                           container))
+        parts = (meta.get("namespace") or "default", meta["name"], *([container] if container else []))
+        path = "/".join(quote(part, safe="") for part in parts)
         return f"https://{host}:{port}/{endpoint}/{path}"
 
     def session(self) -> aiohttp.ClientSession:

@@ -12,8 +12,8 @@ from typing import Any
 
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 SUB_VERBS = {"status": ("get", "patch", "update"), "scale": ("get", "patch", "update"),
-             "log": ("get",), "exec": ("create", "get"), "attach": ("create", "get"), "binding": ("create",),
-             "finalize": ("update",), "token": ("create",)}
+             "log": ("get",), "exec": ("create", "get"), "attach": ("create", "get"),
+             "portforward": ("create", "get"), "binding": ("create",), "finalize": ("update",), "token": ("create",)}
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _t(group: str, kind: str, plural: str, namespaced: bool = True, short: tuple
 
 CATALOGUE: tuple[ResourceType, ...] = (
     _t("", "Namespace", "namespaces", False, ("ns",), sub=("status", "finalize")),
-    _t("", "Pod", "pods", short=("po",), all_=True, sub=("status", "log", "exec", "attach", "binding")),
+    _t("", "Pod", "pods", short=("po",), all_=True, sub=("status", "log", "exec", "attach", "portforward", "binding")),
     _t("", "Service", "services", short=("svc",), all_=True, sub=("status",)),
     _t("", "Endpoints", "endpoints", short=("ep",), create_on_update=True),
     _t("", "Node", "nodes", False, ("no",), sub=("status",)),

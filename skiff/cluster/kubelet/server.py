@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from skiff.atomicfile import write_atomically
-from skiff.cluster.kubelet import naming
+from skiff.cluster.kubelet import naming, portforward
 from skiff.cluster.kubelet.runtime import EngineContainer, EngineRuntime
 from skiff.errors import NotFound, SkiffError, SystemFailure
 
@@ -100,6 +100,7 @@ class KubeletServer:
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._logs)
         for verb in ("exec", "attach"):
             app.router.add_route("*", f"/{verb}/{{namespace}}/{{pod}}/{{container}}", self._stream)
+        app.router.add_route("*", "/portForward/{namespace}/{pod}", self._port_forward)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.address, self.options.port, ssl_context=self._tls_context())
@@ -211,13 +212,45 @@ class KubeletServer:
         await session.run(ws)
         return ws
 
-    async def _container(self, namespace: str, pod_name: str, name: str, *, previous: bool) -> EngineContainer:
-        """The engine's container for ``name`` in the pod (the latest attempt, or with ``previous`` the one
-        before it: the agent keeps two)."""
+    async def _port_forward(self, request: web.Request) -> web.StreamResponse:
+        namespace, pod_name = request.match_info["namespace"], request.match_info["pod"]
+        pod = self._pod(namespace, pod_name)
+        labels = {naming.POD_UID: pod["metadata"]["uid"], naming.CONTAINER_TYPE: naming.TYPE_SANDBOX,
+                  naming.NODE_NAME: self.node_name}
+        sandbox = next((c for c in await self.runtime.containers(labels) if c.running and c.pid), None)
+        if sandbox is None:
+            raise _bad_request(f'pod "{pod_name}" has no running sandbox to forward ports into')
+        ws = web.WebSocketResponse(protocols=portforward.PROTOCOLS, max_msg_size=0, autoping=True)
+        protocol = ws.can_prepare(request).protocol if ws.can_prepare(request).ok else None
+        if protocol not in portforward.PROTOCOLS:
+            raise _bad_request(f"a WebSocket upgrade with one of the subprotocols {list(portforward.PROTOCOLS)} is "
+                               "required (SPDY is served only inside a WebSocket)")
+        if protocol == portforward.SPDY_PROTOCOL:
+            await ws.prepare(request)
+            await portforward.SpdyForwarder(sandbox.pid).serve(ws)
+            return ws
+        try:
+            ports = [portforward.parse_port(p) for value in request.query.getall("ports", [])
+                     for p in value.split(",")]
+        except portforward.PortForwardError as exc:
+            raise _bad_request(str(exc)) from None
+        if not ports:
+            raise _bad_request("at least one port is required (?ports=N)")
+        await ws.prepare(request)
+        await portforward.serve_channels(ws, sandbox.pid, ports)
+        return ws
+
+    def _pod(self, namespace: str, pod_name: str) -> dict[str, Any]:
         pod = self.pods(namespace, pod_name)
         if pod is None:
             raise KubeletApiError(404, "NotFound", f'pod "{pod_name}" in namespace "{namespace}" not found on '
                                   f'node "{self.node_name}"')
+        return pod
+
+    async def _container(self, namespace: str, pod_name: str, name: str, *, previous: bool) -> EngineContainer:
+        """The engine's container for ``name`` in the pod (the latest attempt, or with ``previous`` the one
+        before it: the agent keeps two)."""
+        pod = self._pod(namespace, pod_name)
         labels = {naming.POD_UID: pod["metadata"]["uid"], naming.CONTAINER_NAME: name,
                   naming.NODE_NAME: self.node_name}
         attempts = sorted((c for c in await self.runtime.containers(labels) if not c.is_sandbox),

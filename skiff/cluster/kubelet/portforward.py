@@ -1,0 +1,254 @@
+"""``kubectl port-forward``: TCP connections to a port of a pod, carried over the kubelet API's WebSocket.
+
+The connection is made from inside the pod's network namespace, to ``localhost:<port>`` there (as kube's
+runtimes do), so a server listening on the pod's loopback only is reachable too. The namespace is the sandbox's
+(``/proc/<its pid>/ns/net``); a dedicated thread enters it, makes and connects the socket, and goes back: a
+socket stays in the namespace it was made in, and no pooled thread is ever left in the wrong one.
+
+Two protocols, chosen by the WebSocket subprotocol:
+
+- ``SPDY/3.1+portforward.k8s.io`` (kubectl 1.31+): SPDY inside the WebSocket (``spdy.Session``). For every local
+  connection kubectl opens an ``error`` stream, then a ``data`` stream, both with ``port`` and ``requestID``
+  headers; the data stream carries the bytes both ways, and the error stream says why the connection failed
+  (or just ends).
+- ``v4.channel.k8s.io`` / ``portforward.k8s.io`` (the Python client): ``?ports=P1&ports=P2``, one connection per
+  port for the life of the WebSocket; port i uses channel 2i for data and 2i+1 for errors; each message starts
+  with its channel byte, and the first message of each channel carries the port (16 bits, little-endian).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import socket
+import struct
+import threading
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from skiff.aiotasks import cancel_and_wait
+from skiff.cluster.kubelet import spdy
+
+log = logging.getLogger(__name__)
+SPDY_PROTOCOL = "SPDY/3.1+portforward.k8s.io"
+CHANNEL_PROTOCOLS = ("v4.channel.k8s.io", "portforward.k8s.io")
+PROTOCOLS = (SPDY_PROTOCOL, *CHANNEL_PROTOCOLS)
+CLONE_NEWNET = 0x40000000
+CONNECT_TIMEOUT = 10.0
+READ_SIZE = 64 * 1024
+
+
+class PortForwardError(Exception):
+    """A connection to the pod's port could not be made; the message is what the client is told."""
+
+
+def parse_port(text: str | None) -> int:
+    try:
+        port = int(text or "")
+    except ValueError:
+        raise PortForwardError(f"invalid port {text!r}") from None
+    if not 0 < port < 65536:
+        raise PortForwardError(f"invalid port {port}: must be between 1 and 65535")
+    return port
+
+
+# --- reaching the pod's port --------------------------------------------------------------------------------
+
+def _connect_in_namespace(netns: str, port: int) -> socket.socket:
+    """A TCP socket connected to localhost:``port`` inside the network namespace at ``netns`` (blocking; run on
+    a thread of its own, which is what ``setns`` moves)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(own)
+        raise PortForwardError("the pod's network namespace is gone") from None
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise PortForwardError(f"entering the pod's network namespace: {os.strerror(ctypes.get_errno())}")
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:  # never expected; this thread must not run on regardless
+                os.abort()
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(("127.0.0.1", port))
+        except OSError as exc:
+            sock.close()
+            raise PortForwardError(f"failed to connect to localhost:{port} inside the pod: "
+                                   f"{exc.strerror or exc}") from None
+        sock.setblocking(False)
+        return sock
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+async def connect(sandbox_pid: int, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[socket.socket] = loop.create_future()
+
+    def work() -> None:
+        try:
+            result: Any = _connect_in_namespace(f"/proc/{sandbox_pid}/ns/net", port)
+            loop.call_soon_threadsafe(_settle, done, result, None)
+        except Exception as exc:  # handed to the waiting coroutine
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+
+    threading.Thread(target=work, name=f"portforward-{port}", daemon=True).start()
+    sock = await done
+    return await asyncio.open_connection(sock=sock, limit=READ_SIZE)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        if result is not None:
+            result.close()
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+# --- SPDY (kubectl) -----------------------------------------------------------------------------------------
+
+class SpdyForwarder:
+    """Pairs each request's error and data streams and forwards the data stream to the pod's port."""
+
+    def __init__(self, sandbox_pid: int) -> None:
+        self.sandbox_pid = sandbox_pid
+        self.error_streams: dict[str, spdy.Stream] = {}
+
+    async def serve(self, ws: web.WebSocketResponse) -> None:
+        session = spdy.Session(ws.send_bytes, self.on_stream)
+        try:
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    await session.feed(message.data)
+                elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR):
+                    break
+        except (spdy.ProtocolError, ConnectionError):
+            pass
+        finally:
+            session.end()
+            await cancel_and_wait(*list(session.tasks))
+
+    async def on_stream(self, stream: spdy.Stream) -> None:
+        kind, request_id = stream.headers.get("streamtype"), stream.headers.get("requestid", "")
+        if kind == "error":
+            self.error_streams[request_id] = stream
+            return  # written and closed by its data stream's forwarding
+        if kind != "data":
+            await stream.close()
+            return
+        error = self.error_streams.pop(request_id, None)
+        try:
+            reader, writer = await connect(self.sandbox_pid, parse_port(stream.headers.get("port")))
+        except PortForwardError as exc:
+            log.info("port-forward: %s", exc)
+            if error is not None:
+                with contextlib.suppress(ConnectionError):
+                    await error.write(str(exc).encode())
+            await _close_streams(stream, error)
+            return
+        try:
+            await _pipe(stream, reader, writer)
+        finally:
+            await _close_streams(stream, error)
+
+
+async def _close_streams(*streams: spdy.Stream | None) -> None:
+    for stream in streams:
+        if stream is not None:
+            with contextlib.suppress(ConnectionError):
+                await stream.close()
+            stream.session.remove(stream)
+
+
+async def _pipe(stream: spdy.Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Bytes both ways until the pod's side ends or the client resets the stream."""
+    async def upstream() -> None:  # the client's bytes to the pod
+        while data := await stream.read():
+            writer.write(data)
+            await writer.drain()
+        if not stream.reset and writer.can_write_eof():
+            writer.write_eof()  # the client finished sending; the answer may still come
+
+    async def downstream() -> None:  # the pod's bytes to the client
+        while data := await reader.read(READ_SIZE):
+            await stream.write(data)
+
+    up, down = asyncio.create_task(upstream()), asyncio.create_task(downstream())
+    try:
+        pending = {up, down}
+        while down in pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if up in done and (stream.reset or up.exception() is not None):
+                break
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        await _quietly(cancel_and_wait(up, down))
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+
+
+async def _quietly(awaitable: Any) -> None:
+    with contextlib.suppress(ConnectionError, OSError, spdy.ProtocolError):
+        await awaitable
+
+
+# --- channels (the Python client) ---------------------------------------------------------------------------
+
+async def serve_channels(ws: web.WebSocketResponse, sandbox_pid: int, ports: list[int]) -> None:
+    """One connection per port for the life of the WebSocket (kube's v4 port-forward protocol). The WebSocket
+    is closed once every port's connection has ended (the client's sockets then read their end)."""
+    writers: dict[int, asyncio.StreamWriter] = {}
+    pumps = []
+    for index, port in enumerate(ports):
+        data, error = 2 * index, 2 * index + 1
+        for channel in (data, error):
+            await ws.send_bytes(bytes([channel]) + struct.pack("<H", port))
+        try:
+            reader, writer = await connect(sandbox_pid, port)
+        except PortForwardError as exc:
+            await ws.send_bytes(bytes([error]) + str(exc).encode())
+            continue
+        writers[data] = writer
+        pumps.append(asyncio.create_task(_channel_out(ws, reader, data)))
+    incoming = asyncio.create_task(_channels_in(ws, writers))
+    waited: list[asyncio.Future[Any]] = [incoming, asyncio.gather(*pumps)] if pumps else [incoming]
+    try:
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _quietly(cancel_and_wait(incoming, *pumps))
+        for writer in writers.values():
+            writer.close()
+        await _quietly(ws.close())
+
+
+async def _channels_in(ws: web.WebSocketResponse, writers: dict[int, asyncio.StreamWriter]) -> None:
+    """The client's messages, each to its port's connection, until the WebSocket ends."""
+    with contextlib.suppress(ConnectionError, OSError):
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.BINARY:
+                continue
+            writer = writers.get(message.data[0]) if message.data else None
+            if writer is not None and len(message.data) > 1:
+                writer.write(message.data[1:])
+                await writer.drain()
+
+
+async def _channel_out(ws: web.WebSocketResponse, reader: asyncio.StreamReader, channel: int) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        while data := await reader.read(READ_SIZE):
+            await ws.send_bytes(bytes([channel]) + data)
