@@ -5,9 +5,9 @@ images loaded with ``skiff cluster load``, step by step as a user would type it.
 The steps share one cluster and run in order: 3 Ready nodes; the images loaded; ``kubectl apply`` of the
 seed's Deployment (2 nginx pods on different nodes, each serving its page at its pod IP); a deleted pod
 replaced, scaled to 5; ``kubectl expose --type=LoadBalancer`` answering on every node's address and by name
-from a pod; ``kubectl logs`` / ``exec``; a rolling update to an image no registry has stopping at maxUnavailable
-while the old pods serve, and ``rollout undo``; node 3's agent SIGKILLed: the node NotReady and its pods
-recreated on nodes 1 and 2; ``skiff cluster delete`` leaving nothing.
+from a pod; ``kubectl logs`` / ``exec`` / ``port-forward``; a rolling update to an image no registry has
+stopping at maxUnavailable while the old pods serve, and ``rollout undo``; node 3's agent SIGKILLed: the node
+NotReady and its pods recreated on nodes 1 and 2; ``skiff cluster delete`` leaving nothing.
 
 The cluster runs with short node-lifecycle times (``--server-arg``), so a dead node is noticed and evicted in
 seconds. Traffic goes only to the cluster's own addresses (the test engines' reserved 10.K block, the pod and
@@ -314,6 +314,24 @@ def test_exec_runs_in_the_pod_with_its_exit_code(cluster: Cluster) -> None:
     assert hostname.returncode == 0, hostname.stderr
     assert hostname.stdout.strip() == target
     assert kubectl(cluster, "exec", target, "--", "sh", "-c", "exit 3", check=False).returncode == 3
+
+
+def test_port_forward_reaches_a_pod_of_the_deployment(cluster: Cluster) -> None:
+    """``kubectl port-forward deployment/web``: kubectl picks a pod, the API server on node 1 hands the stream to
+    that pod's kubelet, which connects inside the pod; nginx answers on the host's loopback."""
+    forward = subprocess.Popen(["kubectl", "--kubeconfig", str(cluster.root.parent / "kubeconfig"), "port-forward",
+                                "deployment/web", ":80"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = forward.stdout.readline()  # type: ignore[union-attr]
+        found = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> 80", line)
+        assert found, f"{line!r} {forward.stderr.read() if forward.poll() is not None else ''}"  # type: ignore[union-attr]
+        page = fetch("127.0.0.1", int(found.group(1)), agent="walkthrough-port-forward")
+        assert page is not None and "Welcome to nginx!" in page
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+        forward.stdout.close()  # type: ignore[union-attr]
+        forward.stderr.close()  # type: ignore[union-attr]
 
 
 def test_a_pod_failing_readiness_leaves_the_services_endpoints(cluster: Cluster) -> None:
