@@ -8,6 +8,11 @@ Failures back off exponentially (0.5 s doubling to 30 s).
 
 Cached objects are shared with every handler and reader: treat them as read-only (copy before changing).
 Handlers are plain functions run on the event loop; they should only note work (enqueue a key), not do it.
+
+Every object is passed through ``transform`` before it is cached (and handed to handlers); the default drops
+``metadata.managedFields``, which no client of the cache reads and which is often the larger part of an object
+(kube-controller-manager and kube-scheduler trim their informers the same way). Writing back an object read
+from the cache is still safe: the server keeps the stored object's managedFields when a write carries none.
 """
 
 from __future__ import annotations
@@ -38,6 +43,14 @@ def object_key(obj: Obj) -> str:
     return f"{namespace}/{meta['name']}" if namespace else meta["name"]
 
 
+def strip_managed_fields(obj: Obj) -> Obj:
+    """The object without ``metadata.managedFields`` (changed in place: it was just decoded for the cache)."""
+    meta = obj.get("metadata")
+    if meta:
+        meta.pop("managedFields", None)
+    return obj
+
+
 def split_key(key: str) -> tuple[str | None, str]:
     namespace, _, name = key.rpartition("/")
     return namespace or None, name
@@ -45,8 +58,10 @@ def split_key(key: str) -> tuple[str | None, str]:
 
 class Informer:
     def __init__(self, client: ApiClient, res: Resource, namespace: str | None = None, *,
-                 label_selector: str | None = None, field_selector: str | None = None, page_size: int = 500) -> None:
+                 label_selector: str | None = None, field_selector: str | None = None, page_size: int = 500,
+                 transform: Callable[[Obj], Obj] | None = strip_managed_fields) -> None:
         self.client = client
+        self.transform = transform
         self.resource = res
         self.namespace = namespace
         self.label_selector = label_selector
@@ -185,6 +200,8 @@ class Informer:
         kind = self.resource.kind
         fresh = {}
         for obj in items:
+            if self.transform is not None:
+                obj = self.transform(obj)
             obj.setdefault("kind", kind)  # list items carry no kind; watch events do
             obj.setdefault("apiVersion", self.resource.api_version)
             fresh[object_key(obj)] = obj
@@ -222,6 +239,8 @@ class Informer:
                 self.resource_version = rv
 
     def _apply(self, event_type: str, obj: Obj) -> None:
+        if self.transform is not None:
+            obj = self.transform(obj)
         key = object_key(obj)
         old = self._objects.get(key)
         if event_type == "DELETED":

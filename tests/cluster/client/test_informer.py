@@ -68,6 +68,31 @@ async def test_cache_follows_the_server(client: ApiClient) -> None:
         await client.delete(CONFIGMAPS, "i-after", "default")
 
 
+async def test_the_cache_holds_no_managed_fields_and_writing_back_keeps_the_servers(client: ApiClient) -> None:
+    created = await client.create(CONFIGMAPS, _cm("i-trim", "trim", v="1"), "default")
+    assert created["metadata"]["managedFields"]  # the server records who wrote what
+    informer = Informer(client, CONFIGMAPS, "default", label_selector="suite=trim")
+    untrimmed = Informer(client, CONFIGMAPS, "default", label_selector="suite=trim", transform=None)
+    for one in (informer, untrimmed):
+        one.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(informer.wait_synced(), untrimmed.wait_synced()), 10)
+        cached = informer.get("default", "i-trim")
+        assert "managedFields" not in cached["metadata"]
+        assert untrimmed.get("default", "i-trim")["metadata"]["managedFields"]
+        changed = {**cached, "data": {"v": "2"}}  # a controller's write of what it read from its cache
+        await client.replace(CONFIGMAPS, changed)
+        await until(lambda: informer.get("default", "i-trim")["data"] == {"v": "2"})
+        assert "managedFields" not in informer.get("default", "i-trim")["metadata"]  # watch events are trimmed too
+        stored = await client.get(CONFIGMAPS, "i-trim", "default")
+        assert {e["manager"] for e in stored["metadata"]["managedFields"]} >= \
+            {e["manager"] for e in created["metadata"]["managedFields"]}
+    finally:
+        for one in (informer, untrimmed):
+            await one.stop()
+        await client.delete(CONFIGMAPS, "i-trim", "default")
+
+
 async def test_controller_harness_retries_until_sync_succeeds(client: ApiClient) -> None:
     class Stamper(Controller):
         """Copies each ConfigMap's data.v into an annotation; the first attempt per key fails."""
