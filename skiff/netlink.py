@@ -4,7 +4,9 @@ network namespace.
 The engine made its bridges and veth pairs with pyroute2, whose package import alone costs the daemon about
 10 MiB of its 60 MiB idle budget (it loads NDB, IPDB, ethtool and nl80211 support, even unittest). What the
 engine needs is a dozen request types, so this module speaks them directly: one ``NETLINK_ROUTE`` socket per
-``Netlink`` object, one request at a time, each acknowledged or answered with its dump.
+``Netlink`` object, one request at a time, each acknowledged or answered with its dump. The kubelet's pod routes
+(routes with a protocol number of their own) and ``skiff cluster``'s bridge, veths and node namespaces use it
+too.
 
 A netlink socket belongs to the namespace of the thread that opens it: open one on a thread that has entered
 a container's namespace to configure that namespace. Errors are ``OSError`` with the kernel's errno and,
@@ -87,6 +89,14 @@ def parse_attrs(data: bytes) -> dict[int, bytes]:
         found[kind & 0x3FFF] = data[offset + _ATTR.size:offset + length]  # without the nested/byte-order bits
         offset += _align(length)
     return found
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: str  # A.B.C.D/N (0.0.0.0/0 for the default)
+    gateway: str | None
+    oif: int | None
+    protocol: int  # who made it (``ip route show proto N``): RTPROT_BOOT for ours unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -196,33 +206,35 @@ class Netlink:
     # -- routes
 
     def add_route(self, destination: str, gateway: str | None = None, oif: int | None = None, *,
-                  replace: bool = False) -> None:
+                  replace: bool = False, protocol: int = RTPROT_BOOT) -> None:
         """A route to ``destination`` (``A.B.C.D/N``; ``0.0.0.0/0`` for the default) in the main table."""
         self._request(RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL),
-                      self._route_body(destination, gateway, oif))
+                      self._route_body(destination, gateway, oif, protocol))
 
-    def delete_route(self, destination: str, gateway: str | None = None, oif: int | None = None) -> None:
-        self._request(RTM_DELROUTE, 0, self._route_body(destination, gateway, oif))
+    def delete_route(self, destination: str, gateway: str | None = None, oif: int | None = None, *,
+                     protocol: int = RTPROT_BOOT) -> None:
+        """Delete the route; the kernel matches ``protocol`` too (0: any)."""
+        self._request(RTM_DELROUTE, 0, self._route_body(destination, gateway, oif, protocol))
 
-    def routes(self) -> list[tuple[str, str | None, int | None]]:
-        """The main table's IPv4 routes as (destination/prefix, gateway, output link index)."""
+    def routes(self, *, every_table: bool = False) -> list[Route]:
+        """The main table's IPv4 unicast routes (``every_table``: all routes of every table, of any type)."""
         found = []
         for body in self._dump(RTM_GETROUTE, _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
-            _, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(body)
-            if table != RT_TABLE_MAIN or kind != RTN_UNICAST:
+            _, dst_len, _, _, table, protocol, _, kind, _ = _RTMSG.unpack_from(body)
+            if not every_table and (table != RT_TABLE_MAIN or kind != RTN_UNICAST):
                 continue
             attrs = parse_attrs(body[_RTMSG.size:])
             dst = str(ipaddress.IPv4Address(attrs[RTA_DST])) if RTA_DST in attrs else "0.0.0.0"
             gateway = str(ipaddress.IPv4Address(attrs[RTA_GATEWAY])) if RTA_GATEWAY in attrs else None
             oif = struct.unpack("=I", attrs[RTA_OIF])[0] if RTA_OIF in attrs else None
-            found.append((f"{dst}/{dst_len}", gateway, oif))
+            found.append(Route(f"{dst}/{dst_len}", gateway, oif, protocol))
         return found
 
     @staticmethod
-    def _route_body(destination: str, gateway: str | None, oif: int | None) -> bytes:
+    def _route_body(destination: str, gateway: str | None, oif: int | None, protocol: int) -> bytes:
         network = ipaddress.IPv4Network(destination, strict=False)
         scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-        body = _RTMSG.pack(socket.AF_INET, network.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope,
+        body = _RTMSG.pack(socket.AF_INET, network.prefixlen, 0, 0, RT_TABLE_MAIN, protocol, scope,
                            RTN_UNICAST, 0)
         if network.prefixlen:
             body += attr(RTA_DST, network.network_address.packed)

@@ -1,14 +1,15 @@
-"""A container's network namespace ("sandbox"), made by the engine before the runtime starts.
+"""Network namespaces pinned at a path, and work done inside one.
 
-The namespace is a bind mount of an nsfs file at ``EXEC-ROOT/netns/<container id>``: it outlives the
-daemon (a restart, even after SIGKILL, finds it again) and the container's processes (the endpoint can be
-torn down after they are gone). The runtime joins it by path (``linux.namespaces[].path``), as runc, crun
-and Skiff's runtime all do.
+A namespace made here is a bind mount of an nsfs file at a path of the caller's: the engine pins a container's
+at ``EXEC-ROOT/netns/<container id>`` (it outlives the daemon and the container's processes, and the runtime
+joins it by path, as runc, crun and Skiff's runtime all do); ``skiff cluster`` pins each node's at
+``/run/netns/<name>``, where ``ip netns`` finds it too. ``enter`` also takes any nsfs path, such as a process's
+``/proc/<pid>/ns/net`` (the kubelet's port-forward).
 
-A network namespace belongs to a *thread*, so everything that must happen inside one (configuring the
-container's interfaces, opening the DNS server's sockets) runs on a fresh thread that enters it with
-setns(2) and then ends; the daemon's own threads never change namespace. A socket stays in the namespace it
-was created in, so sockets made that way serve from the daemon's event loop afterwards.
+A network namespace belongs to a *thread*, so everything that must happen inside one (configuring
+interfaces, opening a DNS server's or a port-forward's sockets) runs on a fresh thread that enters it with
+setns(2) and then ends; no long-lived thread ever changes namespace. A socket stays in the namespace it was
+created in, so sockets made that way serve from the caller's event loop afterwards.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from typing import TypeVar
 
 import pytest
 
-from skiff.engine.network import sandbox
-from skiff.netlink import Netlink
+from skiff import netns
+from skiff.netlink import Netlink, Route
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ def namespaces() -> Iterator[tuple[str, str]]:
 
 
 def inside(name: str, fn: Callable[[], T]) -> T:
-    return sandbox.enter(f"/run/netns/{name}", fn)
+    return netns.enter(f"/run/netns/{name}", fn)
 
 
 def ip_json(name: str, *args: str) -> list[dict]:
@@ -83,12 +83,24 @@ def test_bridge_veth_addresses_and_routes_as_iproute2_sees_them(namespaces: tupl
     routes = {(r["dst"], r.get("gateway")) for r in ip_json(guest, "route", "show")}
     assert {("default", "10.251.7.1"), ("10.99.0.0/16", "10.251.7.1"), ("10.251.7.0/24", None)} <= routes
 
-    def our_routes() -> list[tuple[str, str | None, int | None]]:
+    def our_routes() -> list[Route]:
         with Netlink() as nl:
+            nl.add_route("10.98.0.0/16", gateway="10.251.7.1", protocol=77)
             return nl.routes()
 
-    assert {(dst, gateway) for dst, gateway, _ in inside(guest, our_routes)} >= {
+    found = inside(guest, our_routes)
+    assert {(r.destination, r.gateway) for r in found} >= {
         ("0.0.0.0/0", "10.251.7.1"), ("10.99.0.0/16", "10.251.7.1"), ("10.251.7.0/24", None)}
+    assert {r.destination: r.protocol for r in found}["10.98.0.0/16"] == 77  # ``ip route show proto 77``
+
+    def delete_by_protocol() -> list[str]:
+        with Netlink() as nl:
+            with pytest.raises(OSError):  # the kernel matches the protocol: a boot route of that name is not it
+                nl.delete_route("10.98.0.0/16", gateway="10.251.7.1")
+            nl.delete_route("10.98.0.0/16", gateway="10.251.7.1", protocol=77)
+            return [r.destination for r in nl.routes()]
+
+    assert "10.98.0.0/16" not in inside(guest, delete_by_protocol)
 
     # The two ends talk over the bridge (a ping from the host namespace's bridge address to the guest).
     ping = subprocess.run(["ip", "netns", "exec", host, "busybox", "ping", "-c", "1", "-W", "2", "10.251.7.2"],

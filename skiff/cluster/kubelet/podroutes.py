@@ -10,7 +10,7 @@ or address changed). They stay when the agent stops, as flannel's and k3s's do: 
 nodes' pods keeps flowing while an agent restarts, and a restarted agent takes them over. Routes another
 owner made to the same destination (a directly connected bridge, say) are never touched.
 
-Everything here is blocking netlink: call it on a worker thread (pyroute2's IPRoute must stay off the loop).
+Everything here is blocking netlink (``skiff.netlink``): call it on a worker thread, off the loop.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from skiff.netlink import Netlink, Route
 
 log = logging.getLogger(__name__)
 ROUTE_PROTOCOL = 77  # unassigned in iproute2's rt_protos: "ip route show proto 77" lists ours
-MAIN_TABLE = 254
 
 
 @dataclass(frozen=True)
@@ -60,41 +58,35 @@ def wanted_routes(nodes: list[dict[str, Any]], own_name: str, own_cidr: str | No
     return routes
 
 
-def current_routes(ipr: IPRoute) -> dict[str, dict[str, Any]]:
-    """Routes of the main table by destination CIDR (what the kernel holds now)."""
-    found: dict[str, dict[str, Any]] = {}
-    for route in ipr.get_routes(family=2, table=MAIN_TABLE):
-        if route["dst_len"] == 0:
-            continue
-        found[f"{route.get_attr('RTA_DST')}/{route['dst_len']}"] = route
-    return found
+def current_routes(nl: Netlink) -> dict[str, Route]:
+    """Routes of the main table by destination CIDR (what the kernel holds now), the default route aside."""
+    return {route.destination: route for route in nl.routes() if not route.destination.endswith("/0")}
 
 
 def sync_routes(wanted: set[PodRoute]) -> set[PodRoute]:
     """Make the kernel hold exactly ``wanted`` among our routes; the routes in place afterwards."""
     placed: set[PodRoute] = set()
-    with IPRoute() as ipr:
-        current = current_routes(ipr)
+    with Netlink() as nl:
+        current = current_routes(nl)
         for route in sorted(wanted, key=lambda r: r.destination):
             existing = current.get(route.destination)
-            if existing is not None and existing["proto"] != ROUTE_PROTOCOL:
+            if existing is not None and existing.protocol != ROUTE_PROTOCOL:
                 log.warning("pod routes: %s is already routed by someone else; not replacing it", route.destination)
                 continue
-            if existing is not None and existing.get_attr("RTA_GATEWAY") == route.gateway:
+            if existing is not None and existing.gateway == route.gateway:
                 placed.add(route)
                 continue
             try:
-                ipr.route("replace", dst=route.destination, gateway=route.gateway, proto=ROUTE_PROTOCOL,
-                          table=MAIN_TABLE)
+                nl.add_route(route.destination, gateway=route.gateway, replace=True, protocol=ROUTE_PROTOCOL)
                 placed.add(route)
-            except NetlinkError as exc:  # the gateway is not on-link (another L2 segment): nothing to do here
+            except OSError as exc:  # the gateway is not on-link (another L2 segment): nothing to do here
                 log.warning("pod routes: %s via %s: %s", route.destination, route.gateway, exc)
         keep = {r.destination for r in wanted}
         for destination, existing in current.items():
-            if existing["proto"] == ROUTE_PROTOCOL and destination not in keep:
+            if existing.protocol == ROUTE_PROTOCOL and destination not in keep:
                 try:
-                    ipr.route("del", dst=destination, proto=ROUTE_PROTOCOL, table=MAIN_TABLE)
-                except NetlinkError as exc:
+                    nl.delete_route(destination, gateway=existing.gateway, protocol=ROUTE_PROTOCOL)
+                except OSError as exc:
                     log.debug("pod routes: deleting %s: %s", destination, exc)
     return placed
 

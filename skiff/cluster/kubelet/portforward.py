@@ -2,8 +2,8 @@
 
 The connection is made from inside the pod's network namespace, to ``localhost:<port>`` there (as kube's
 runtimes do), so a server listening on the pod's loopback only is reachable too. The namespace is the sandbox's
-(``/proc/<its pid>/ns/net``); a dedicated thread enters it, makes and connects the socket, and goes back: a
-socket stays in the namespace it was made in, and no pooled thread is ever left in the wrong one.
+(``/proc/<its pid>/ns/net``); a thread of its own enters it and makes the socket (``skiff.netns.enter``), which
+stays in that namespace and is then served from the event loop.
 
 Two protocols, chosen by the WebSocket subprotocol:
 
@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
 import socket
 import struct
-import threading
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from skiff import netns
 from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.kubelet import spdy
 
@@ -38,7 +36,6 @@ log = logging.getLogger(__name__)
 SPDY_PROTOCOL = "SPDY/3.1+portforward.k8s.io"
 CHANNEL_PROTOCOLS = ("v4.channel.k8s.io", "portforward.k8s.io")
 PROTOCOLS = (SPDY_PROTOCOL, *CHANNEL_PROTOCOLS)
-CLONE_NEWNET = 0x40000000
 CONNECT_TIMEOUT = 10.0
 READ_SIZE = 64 * 1024
 
@@ -59,63 +56,29 @@ def parse_port(text: str | None) -> int:
 
 # --- reaching the pod's port --------------------------------------------------------------------------------
 
-def _connect_in_namespace(netns: str, port: int) -> socket.socket:
-    """A TCP socket connected to localhost:``port`` inside the network namespace at ``netns`` (blocking; run on
-    a thread of its own, which is what ``setns`` moves)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+def _connect_inside(port: int) -> socket.socket:
+    """A TCP socket connected to localhost:``port`` in this thread's network namespace (blocking)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        os.close(own)
-        raise PortForwardError("the pod's network namespace is gone") from None
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise PortForwardError(f"entering the pod's network namespace: {os.strerror(ctypes.get_errno())}")
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        finally:
-            if libc.setns(own, CLONE_NEWNET) != 0:  # never expected; this thread must not run on regardless
-                os.abort()
-        try:
-            sock.settimeout(CONNECT_TIMEOUT)
-            sock.connect(("127.0.0.1", port))
-        except OSError as exc:
-            sock.close()
-            raise PortForwardError(f"failed to connect to localhost:{port} inside the pod: "
-                                   f"{exc.strerror or exc}") from None
-        sock.setblocking(False)
-        return sock
-    finally:
-        os.close(target)
-        os.close(own)
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise PortForwardError(f"failed to connect to localhost:{port} inside the pod: {exc.strerror or exc}") \
+            from None
+    sock.setblocking(False)
+    return sock
 
 
 async def connect(sandbox_pid: int, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[socket.socket] = loop.create_future()
-
-    def work() -> None:
-        try:
-            result: Any = _connect_in_namespace(f"/proc/{sandbox_pid}/ns/net", port)
-            loop.call_soon_threadsafe(_settle, done, result, None)
-        except Exception as exc:  # handed to the waiting coroutine
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-
-    threading.Thread(target=work, name=f"portforward-{port}", daemon=True).start()
-    sock = await done
+    """A connection to localhost:``port`` inside the sandbox's network namespace."""
+    try:
+        sock = await asyncio.to_thread(netns.enter, f"/proc/{sandbox_pid}/ns/net", lambda: _connect_inside(port))
+    except PortForwardError:
+        raise
+    except OSError as exc:  # the namespace is gone (the sandbox exited meanwhile)
+        raise PortForwardError(f"cannot enter the pod's network namespace: {exc.strerror or exc}") from None
     return await asyncio.open_connection(sock=sock, limit=READ_SIZE)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        if result is not None:
-            result.close()
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 # --- SPDY (kubectl) -----------------------------------------------------------------------------------------

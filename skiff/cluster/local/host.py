@@ -3,8 +3,8 @@ the nodes' processes (started inside their namespace with ``nsenter --net``), an
 including what the nodes' engines made (mounts under the cluster's root, cgroups under each node's cgroup
 parent, container processes) when those engines are long dead.
 
-Netlink goes through pyroute2 (``IPRoute`` on the host, ``NetNS`` inside a node's namespace); everything here
-blocks, and is called from the synchronous ``skiff cluster`` command.
+Netlink goes through ``skiff.netlink`` (inside a node's namespace on a thread that entered it, ``skiff.netns``);
+everything here blocks, and is called from the synchronous ``skiff cluster`` command.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pyroute2 import IPRoute, NetNS, netns
-from pyroute2.netlink.exceptions import NetlinkError
-
+from skiff import netns
 from skiff.cluster.local.state import NodeState, Process
 from skiff.errors import Conflict, SystemFailure
+from skiff.netlink import Netlink
 
 log = logging.getLogger(__name__)
 NETNS_DIR = Path("/run/netns")
@@ -35,14 +34,9 @@ MTU = 1500
 
 def routed_networks() -> list[ipaddress.IPv4Network]:
     """Every destination the host routes now (any table): a new subnet must overlap none of them."""
-    with IPRoute() as ipr:
-        routes = ipr.get_routes(family=2, table=0)
-    found = []
-    for route in routes:
-        dst = route.get_attr("RTA_DST")
-        if dst and route["dst_len"]:
-            found.append(ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False))
-    return found
+    with Netlink() as nl:
+        routes = nl.routes(every_table=True)
+    return [ipaddress.ip_network(r.destination, strict=False) for r in routes if not r.destination.endswith("/0")]
 
 
 def free_subnet(pool: ipaddress.IPv4Network, prefixlen: int = 24) -> ipaddress.IPv4Network:
@@ -62,31 +56,34 @@ def check_subnet_free(subnet: ipaddress.IPv4Network) -> None:
 # --- links and namespaces -----------------------------------------------------------------------------------
 
 
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+def _namespaces() -> set[str]:
+    try:
+        return set(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return set()
 
 
 def check_names_free(bridge: str, veths: list[str], namespaces: list[str]) -> None:
     """Refuse before anything is made (a failed create removes what its record names: never someone else's)."""
-    with IPRoute() as ipr:
+    with Netlink() as nl:
         for name in (bridge, *veths):
-            if _index(ipr, name) is not None:
+            if nl.link_index(name) is not None:
                 raise Conflict(f"a link named {name} exists already (a cluster of that name at another root?)")
-    existing = set(netns.listnetns())
+    existing = _namespaces()
     for name in namespaces:
         if name in existing:
             raise Conflict(f"network namespace {name} exists already (a cluster of that name at another root?)")
 
 
 def make_bridge(name: str, gateway: str, prefixlen: int) -> None:
-    with IPRoute() as ipr:
-        if _index(ipr, name) is not None:
+    with Netlink() as nl:
+        if nl.link_index(name) is not None:
             raise Conflict(f"a link named {name} exists already (another cluster of that name?)")
-        ipr.link("add", ifname=name, kind="bridge", mtu=MTU)
-        index = _index(ipr, name)
-        ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
-        ipr.link("set", index=index, state="up")
+        nl.add_bridge(name, MTU)
+        index = nl.link_index(name)
+        assert index is not None
+        nl.add_address(index, gateway, prefixlen)
+        nl.set_link(index, up=True)
 
 
 def make_node_namespace(node: NodeState, bridge: str, prefixlen: int, service_cidr: str | None = None) -> None:
@@ -98,38 +95,47 @@ def make_node_namespace(node: NodeState, bridge: str, prefixlen: int, service_ci
     routed before the output hook where the proxy DNATs it: without a route to the ClusterIP the send fails
     (ENETUNREACH) before the proxy sees it. A link route suffices: DNATed packets never take it, and anything
     the proxy leaves alone finds no neighbour on the bridge."""
-    if node.netns in netns.listnetns():
+    path = str(NETNS_DIR / node.netns)
+    if node.netns in _namespaces():
         raise Conflict(f"network namespace {node.netns} exists already")
-    netns.create(node.netns)
-    with IPRoute() as ipr:
-        bridge_index = _index(ipr, bridge)
+    netns.create(path)
+    with Netlink() as nl:
+        bridge_index = nl.link_index(bridge)
+        namespace_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            ipr.link("add", ifname=node.veth, kind="veth", mtu=MTU,
-                     peer={"ifname": "eth0", "net_ns_fd": node.netns, "mtu": MTU})
-        except NetlinkError as exc:
+            nl.add_veth(node.veth, "eth0", MTU, peer_netns_fd=namespace_fd)
+        except OSError as exc:
             raise SystemFailure(f"veth {node.veth} for node {node.name}: {exc}") from None
-        ipr.link("set", index=_index(ipr, node.veth), master=bridge_index, state="up")
-    with NetNS(node.netns) as ns:
-        eth0, lo = ns.link_lookup(ifname="eth0")[0], ns.link_lookup(ifname="lo")[0]
-        ns.addr("add", index=eth0, address=node.address, prefixlen=prefixlen)
-        ns.link("set", index=eth0, state="up")
-        ns.link("set", index=lo, state="up")
-        if service_cidr:
-            ns.route("add", dst=service_cidr, oif=eth0, scope="link")
+        finally:
+            os.close(namespace_fd)
+        index = nl.link_index(node.veth)
+        assert index is not None
+        nl.set_link(index, master=bridge_index, up=True)
+
+    def inside() -> None:
+        with Netlink() as ns:
+            eth0, lo = ns.link_index("eth0"), ns.link_index("lo")
+            assert eth0 is not None and lo is not None
+            ns.add_address(eth0, node.address, prefixlen)
+            ns.set_link(eth0, up=True)
+            ns.set_link(lo, up=True)
+            if service_cidr:
+                ns.add_route(service_cidr, oif=eth0)
+
+    netns.enter(path, inside)
 
 
 def delete_link(name: str) -> None:
-    with IPRoute() as ipr:
-        index = _index(ipr, name)
+    with Netlink() as nl:
+        index = nl.link_index(name)
         if index is not None:
-            with contextlib.suppress(NetlinkError):
-                ipr.link("del", index=index)
+            with contextlib.suppress(OSError):
+                nl.delete_link(index)
 
 
 def remove_namespace(name: str) -> None:
     """The namespace's mount in /run/netns and the file (its links go with it once no process holds it)."""
-    if name in netns.listnetns():
-        netns.remove(name)
+    netns.remove(str(NETNS_DIR / name))
 
 
 def namespace_id(name: str) -> tuple[int, int] | None:

@@ -11,8 +11,7 @@ import contextlib
 import os
 import secrets
 
-from skiff import errors
-from skiff.engine.network import sandbox
+from skiff import errors, netns
 from skiff.netlink import Netlink
 
 MTU = 1500
@@ -85,7 +84,7 @@ def add_endpoint(bridge_name: str, host_ifname: str, netns_path: str, ifname: st
                 nl.add_route("0.0.0.0/0", gateway=gateway, oif=index)
 
     try:
-        sandbox.enter(netns_path, inside)
+        netns.enter(netns_path, inside)
     except BaseException:
         delete_link(host_ifname)
         raise
@@ -110,7 +109,7 @@ def next_ifname(netns_path: str) -> str:
             n += 1
         return f"eth{n}"
 
-    return sandbox.enter(netns_path, inside)
+    return netns.enter(netns_path, inside)
 
 
 def set_ip_forward() -> None:

@@ -23,6 +23,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+from skiff import netns
 from skiff.dnswire import (
     FORMERR,
     IN,
@@ -41,7 +42,6 @@ from skiff.dnswire import (
     parse_query,
 )
 from skiff.dnswire import A as TYPE_A
-from skiff.engine.network import sandbox
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class DnsServer:
         self._tcp: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        udp, tcp = await sandbox.on_own_thread_async(lambda: sandbox.enter(self.netns_path, _open_sockets))
+        udp, tcp = await netns.on_own_thread_async(lambda: netns.enter(self.netns_path, _open_sockets))
         loop = asyncio.get_running_loop()
         try:
             self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpServer(self), sock=udp)

@@ -31,9 +31,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from skiff import errors
+from skiff import errors, netns
 from skiff.atomicfile import write_atomically
-from skiff.engine.network import Forbidden, bridge, dns, ipam, nft, proxy, sandbox
+from skiff.engine.network import Forbidden, bridge, dns, ipam, nft, proxy
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class NetworkService:
                 sb = self.sandboxes.get(cid)
                 if sb is None:
                     continue
-                if c is None or not c.state.running or not sandbox.is_pinned(sb.netns):
+                if c is None or not c.state.running or not netns.is_pinned(sb.netns):
                     await self._teardown(sb)
                     continue
                 if sb.proxies or sb.dns_server is not None:
@@ -611,7 +611,7 @@ class NetworkService:
         self._save_sandbox(sb)
         sockets = self._bind_ports(sb, c)
         try:
-            await asyncio.to_thread(sandbox.create, sb.netns, bridge.loopback_up)
+            await asyncio.to_thread(netns.create, sb.netns, bridge.loopback_up)
             for ep in sb.endpoints:
                 await self._plug(sb, ep)
             sb.port_handles = await self.table.add_ports(self._port_rules(sb))
@@ -743,7 +743,7 @@ class NetworkService:
         for ep in sb.endpoints:
             await asyncio.to_thread(bridge.delete_link, ep.host_ifname)
         try:
-            await asyncio.to_thread(sandbox.remove, sb.netns)
+            await asyncio.to_thread(netns.remove, sb.netns)
         except OSError as e:
             log.warning("container %s: removing its network namespace: %s", sb.container_id[:12], e)
         for ep in sb.endpoints:
