@@ -8,6 +8,7 @@ views over the main object.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
 import json
@@ -154,6 +155,7 @@ class ResourceHandler:
         self.registry = registry
         self.authorizer = authorizer
         self.pod_proxy: PodProxy | None = None  # pods/log, exec, attach and portforward, through the kubelet
+        self.watches: set[asyncio.Task[Any]] = set()  # the handlers of open watches, ended first at shutdown
         self.tokens: ServiceAccountTokens | None = None  # serviceaccounts/token
 
     async def handle(self, request: web.Request, info: RequestInfo) -> web.StreamResponse:
@@ -235,13 +237,24 @@ class ResourceHandler:
         def client_gone() -> bool:
             transport = request.transport
             return transport is None or transport.is_closing()
+        task = asyncio.current_task()
+        if task is not None:
+            self.watches.add(task)
         try:
             render = None if renderer.plain else renderer.event_object
             await watch.serve(self.registry, req, response.write, render, client_gone)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             pass
+        finally:
+            self.watches.discard(task)  # type: ignore[arg-type]
         return response
+
+    def end_watches(self) -> None:
+        """Shutting down: end every open watch now (clients re-watch, as from any server that went away) rather
+        than after the HTTP server's grace period, which is for the short requests in flight."""
+        for task in list(self.watches):
+            task.cancel()
 
     async def _create(self, request: web.Request, t: ResourceType, namespace: str | None,
                       renderer: Renderer) -> web.Response:

@@ -194,6 +194,8 @@ class ApiServer:
             self._compactor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._compactor
+        if self.resources is not None:
+            self.resources.end_watches()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.resources is not None and self.resources.pod_proxy is not None:
