@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from skiff.cluster.kubelet import podegress
 from tests.cluster.api.conftest import (  # noqa: F401 - fixtures
     REPO,
     KubectlRun,
@@ -137,6 +138,12 @@ def unmount_below(directory: Path) -> None:
         points = [line.split()[4] for line in f]
     for point in sorted((p for p in points if p.startswith(str(directory))), reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def remove_pod_network_leftovers() -> None:
+    """The masquerade table an agent with a pod CIDR keeps after it stops (as its routes; a node's teardown
+    removes them): the suite's agents run in the host's namespace, so their fixtures remove it."""
+    subprocess.run(["nft", "delete", "table", "ip", podegress.TABLE], capture_output=True, check=False)
 
 
 Api = Callable[..., Any]

@@ -15,7 +15,15 @@ import pytest
 
 from skiff.cluster.kubelet import podegress
 from tests.cluster.api.conftest import ServerProcess
-from tests.cluster.kubelet.conftest import AgentProcess, Api, delete_pod, pod_manifest, unmount_below, wait_pod
+from tests.cluster.kubelet.conftest import (
+    AgentProcess,
+    Api,
+    delete_pod,
+    pod_manifest,
+    remove_pod_network_leftovers,
+    unmount_below,
+    wait_pod,
+)
 from tests.engine.conftest import EngineProcess
 
 
@@ -43,8 +51,7 @@ def agent(api_server: ServerProcess, busybox_engine: EngineProcess, pod_cidr: st
     finally:
         process.stop()
         unmount_below(process.data_dir)
-        # the agent's masquerade table outlives it, as its routes do (a node's teardown removes them)
-        subprocess.run(["nft", "delete", "table", "ip", podegress.TABLE], capture_output=True)
+        remove_pod_network_leftovers()
         for network in busybox_engine.request("GET", "/networks").json():
             if network["Name"] == "skiff-pods":
                 for container in busybox_engine.request("GET", "/containers/json?all=1").json():

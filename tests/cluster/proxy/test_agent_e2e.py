@@ -28,6 +28,7 @@ from tests.cluster.kubelet.conftest import (  # noqa: F401 - fixtures
     engine_api,
     module_engines,
     pod_manifest,
+    remove_pod_network_leftovers,
     unmount_below,
     wait_pod,
 )
@@ -84,6 +85,7 @@ def dns_agent(request: pytest.FixtureRequest, api_server: ServerProcess, busybox
     finally:
         process.stop()
         unmount_below(process.data_dir)
+        remove_pod_network_leftovers()
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert f"table ip {TABLE}" not in tables, "a stopped agent removes its proxy table"
 
