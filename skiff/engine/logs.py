@@ -384,17 +384,9 @@ async def read_log_batches(path: str, *, follow: bool = False, since: float | No
         lines = _initial_lines(segments, tail)
         for seg in segments[:-1]:
             seg.f.close()
-        for first in range(0, len(lines), batch_lines):
-            batch, ended = _render_lines(lines[first:first + batch_lines], since_ns, until_ns, timestamps)
-            if batch:
-                yield batch
-            if ended:
-                return
-        if not follow:
-            return
-        async for more in _follow_lines(follower, stop):
-            for first in range(0, len(more), batch_lines):
-                batch, ended = _render_lines(more[first:first + batch_lines], since_ns, until_ns, timestamps)
+        async for read in _reads(lines, follower if follow else None, stop):
+            for first in range(0, len(read), batch_lines):
+                batch, ended = _render_lines(read[first:first + batch_lines], since_ns, until_ns, timestamps)
                 if batch:
                     yield batch
                 if ended:
@@ -403,6 +395,15 @@ async def read_log_batches(path: str, *, follow: bool = False, since: float | No
         for seg in segments[:-1]:
             seg.f.close()
         follower.f.close()
+
+
+async def _reads(initial: list[bytes], follower: _Follower | None,
+                 stop: asyncio.Event | None) -> AsyncIterator[list[bytes]]:
+    """What was logged before, then (when following) the lines appended from then on, read by read."""
+    yield initial
+    if follower is not None:
+        async for more in _follow_lines(follower, stop):
+            yield more
 
 
 def _render_lines(lines: list[bytes], since_ns: int | None, until_ns: int | None,

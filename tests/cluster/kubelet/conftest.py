@@ -13,6 +13,7 @@ policy (IfNotPresent) never reaches for a registry. Every container the agent ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -120,16 +121,24 @@ def busybox_engine(engine: EngineProcess, tmp_path_factory: pytest.TempPathFacto
         engine.request("DELETE", f"/containers/{container['Id']}?force=1")
 
 
-@pytest.fixture(scope="module")
-def agent(api_server: ServerProcess, busybox_engine: EngineProcess,  # noqa: F811
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    process = AgentProcess(tmp_path_factory.mktemp("agent"), api_server, busybox_engine)
+@contextlib.contextmanager
+def started(process: AgentProcess) -> Iterator[AgentProcess]:
+    """``process`` started; afterwards stopped, with what an agent leaves behind on purpose removed too (the
+    tmpfs mounts of a killed agent's emptyDirs, the pod network's masquerade table)."""
     process.start()
     try:
         yield process
     finally:
         process.stop()
         unmount_below(process.data_dir)
+        remove_pod_network_leftovers()
+
+
+@pytest.fixture(scope="module")
+def agent(api_server: ServerProcess, busybox_engine: EngineProcess,  # noqa: F811
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    with started(AgentProcess(tmp_path_factory.mktemp("agent"), api_server, busybox_engine)) as process:
+        yield process
 
 
 def unmount_below(directory: Path) -> None:

@@ -26,6 +26,7 @@ from tests.cluster.kubelet.conftest import (
     container_status,
     delete_pod,
     pod_manifest,
+    started,
     unmount_below,
     wait_for,
     wait_pod,
@@ -130,13 +131,8 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainDockerd]:
 @pytest.fixture(scope="module")
 def dockerd_agent(api_server: ServerProcess, dockerd: PlainDockerd,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    process = AgentProcess(tmp_path_factory.mktemp("agent"), api_server, dockerd)  # type: ignore[arg-type]
-    process.start()
-    try:
+    with started(AgentProcess(tmp_path_factory.mktemp("agent"), api_server, dockerd)) as process:  # type: ignore[arg-type]
         yield process
-    finally:
-        process.stop()
-        unmount_below(process.data_dir)
 
 
 def test_agent_runs_a_pod_on_plain_dockerd(dockerd_agent: AgentProcess, dockerd: PlainDockerd, api: Api) -> None:

@@ -36,6 +36,7 @@ from tests.cluster.kubelet.conftest import (
     container_status,
     pod_manifest,
     pod_path,
+    started,
     unmount_below,
     wait_for,
     wait_pod,
@@ -57,13 +58,8 @@ class ServingAgent(AgentProcess):
 @pytest.fixture(scope="module")
 def agent(api_server: ServerProcess, busybox_engine: EngineProcess,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    process = ServingAgent(tmp_path_factory.mktemp("agent"), api_server, busybox_engine)
-    process.start()
-    try:
+    with started(ServingAgent(tmp_path_factory.mktemp("agent"), api_server, busybox_engine)) as process:
         yield process
-    finally:
-        process.stop()
-        unmount_below(process.data_dir)
 
 
 def create(api: Api, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,7 @@ from tests.cluster.kubelet.conftest import (
     Api,
     delete_pod,
     pod_manifest,
-    remove_pod_network_leftovers,
-    unmount_below,
+    started,
     wait_pod,
 )
 from tests.engine.conftest import EngineProcess
@@ -44,19 +43,14 @@ def pod_cidr(busybox_engine: EngineProcess) -> str:
 @pytest.fixture(scope="module")
 def agent(api_server: ServerProcess, busybox_engine: EngineProcess, pod_cidr: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    process = PodCidrAgent(tmp_path_factory.mktemp("agent"), api_server, busybox_engine, pod_cidr=pod_cidr)
-    process.start()
-    try:
+    with started(PodCidrAgent(tmp_path_factory.mktemp("agent"), api_server, busybox_engine,
+                              pod_cidr=pod_cidr)) as process:
         yield process
-    finally:
-        process.stop()
-        unmount_below(process.data_dir)
-        remove_pod_network_leftovers()
-        for network in busybox_engine.request("GET", "/networks").json():
-            if network["Name"] == "skiff-pods":
-                for container in busybox_engine.request("GET", "/containers/json?all=1").json():
-                    busybox_engine.request("DELETE", f"/containers/{container['Id']}?force=1")
-                busybox_engine.request("DELETE", f"/networks/{network['Id']}")
+    for network in busybox_engine.request("GET", "/networks").json():
+        if network["Name"] == "skiff-pods":
+            for container in busybox_engine.request("GET", "/containers/json?all=1").json():
+                busybox_engine.request("DELETE", f"/containers/{container['Id']}?force=1")
+            busybox_engine.request("DELETE", f"/networks/{network['Id']}")
 
 
 def test_pods_get_addresses_from_the_pod_cidr(api: Api, agent: AgentProcess, busybox_engine: EngineProcess,

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from tests.cluster.api.conftest import KUBECTL, ServerProcess, k8s  # noqa: F401 - a fixture
-from tests.cluster.kubelet.conftest import AgentProcess, Api, EngineProcess, pod_manifest, unmount_below, wait_pod
-from tests.cluster.kubelet.test_logs_exec import ServingAgent, create, running
+from tests.cluster.kubelet.conftest import AgentProcess, Api, pod_manifest, wait_pod
+from tests.cluster.kubelet.test_logs_exec import agent, create  # noqa: F401 - a fixture (its own agent here)
+from tests.cluster.kubelet.test_logs_exec import running as ready
 
 # /www/index.html is a large page (a pattern of 1 MB), /www/hostname the pod's name; httpd on the loopback only.
 SERVE = ("mkdir -p /www && hostname > /www/hostname && "
@@ -30,21 +31,9 @@ PAGE = b"0123456789abcdef0123456789abcdef0123456789abcdef012345678901234\n" * 16
 
 
 @pytest.fixture(scope="module")
-def agent(api_server: ServerProcess, busybox_engine: EngineProcess,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    process = ServingAgent(tmp_path_factory.mktemp("agent"), api_server, busybox_engine)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        unmount_below(process.data_dir)
-
-
-@pytest.fixture(scope="module")
-def web(agent: AgentProcess, api: Api) -> str:
+def web(agent: AgentProcess, api: Api) -> str:  # noqa: F811
     create(api, pod_manifest("web", [{"name": "httpd", "command": ["sh", "-c", SERVE]}]))
-    wait_pod(api, "web", running, agent=agent)
+    wait_pod(api, "web", ready, agent=agent)
     return "web"
 
 
@@ -116,7 +105,7 @@ def test_a_port_nobody_listens_on_is_reported_and_ends_the_forward(web: str, for
     assert forward(f"pod/{web}", ":8080").get("/hostname") == b"web\n"  # the kubelet serves on
 
 
-def test_port_forward_of_a_missing_pod_is_a_not_found(agent: AgentProcess, api_server: ServerProcess,
+def test_port_forward_of_a_missing_pod_is_a_not_found(agent: AgentProcess, api_server: ServerProcess,  # noqa: F811
                                                       tmp_path: Path) -> None:
     result = subprocess.run([KUBECTL, "--kubeconfig", str(api_server.kubeconfig), "--cache-dir", str(tmp_path),
                              "port-forward", "pod/nosuch", ":80"], capture_output=True, text=True, timeout=30)

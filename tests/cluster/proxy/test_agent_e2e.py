@@ -28,8 +28,7 @@ from tests.cluster.kubelet.conftest import (  # noqa: F401 - fixtures
     engine_api,
     module_engines,
     pod_manifest,
-    remove_pod_network_leftovers,
-    unmount_below,
+    started,
     wait_pod,
 )
 from tests.engine.conftest import EngineProcess
@@ -79,13 +78,8 @@ def dns_agent(request: pytest.FixtureRequest, api_server: ServerProcess, busybox
     process = DnsAgent(tmp_path_factory.mktemp("agent"), api_server, busybox_engine)
     if request.param == "skiff-pods":
         process.pod_cidr = f"{busybox_engine.net.prefix}.200.0/24"
-    process.start()
-    try:
+    with started(process):
         yield process
-    finally:
-        process.stop()
-        unmount_below(process.data_dir)
-        remove_pod_network_leftovers()
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert f"table ip {TABLE}" not in tables, "a stopped agent removes its proxy table"
 
