@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from skiff.cli.kubectl.streams import ChannelSocket, UpgradeRefused
+from skiff.cli.kubectl.streams import PROTOCOLS, ChannelSocket, UpgradeRefused
 from skiff.cluster.client.config import ClusterConfig, ConfigError, load_kubeconfig
 
 __all__ = ["TABLE_ACCEPT", "ApiError", "ApiResource", "Client", "ClusterConfig", "ConfigError", "load_config"]
@@ -117,14 +117,16 @@ class Client:
         finally:
             connection.close()
 
-    def upgrade(self, path: str, query: list[tuple[str, str]]) -> ChannelSocket:
-        """A remote-command WebSocket (``pods/exec``, ``pods/attach``); ApiError when the server refuses."""
+    def upgrade(self, path: str, query: list[tuple[str, str]],
+                protocols: tuple[str, ...] = PROTOCOLS) -> ChannelSocket:
+        """A channel WebSocket (``pods/exec``, ``pods/attach``, ``pods/portforward``); ApiError when the server
+        refuses."""
         url = self._prefix + path + "?" + urlencode(query)
         headers = {"User-Agent": "skiff-kubectl/0.1"}
         if self.config.token:
             headers["Authorization"] = f"Bearer {self.config.token}"
         try:
-            return ChannelSocket.connect(self._host, self._port, url, headers, self._ssl, self.timeout)
+            return ChannelSocket.connect(self._host, self._port, url, headers, self._ssl, self.timeout, protocols)
         except UpgradeRefused as refused:
             raise ApiError(refused.code, refused.status) from None
 

@@ -490,7 +490,8 @@ _VERB_HELP = {
     "label": "update the labels of resources", "annotate": "update the annotations of resources",
     "expose": "make a Service for a workload", "rollout": "status, history, undo, restart, pause, resume",
     "set": "set image: change containers' images", "logs": "print a container's logs",
-    "exec": "run a command in a container", "top": "resource usage (needs the metrics API)",
+    "exec": "run a command in a container", "port-forward": "forward local ports to a pod",
+    "top": "resource usage (needs the metrics API)",
 }
 
 
@@ -562,7 +563,7 @@ def verb_parser(verb: str) -> argparse.ArgumentParser:
         sub.set_defaults(function=scale)
         sub.add_argument("resources", nargs="+")
         sub.add_argument("--replicas", type=int)
-    elif verb in ("expose", "rollout", "set", "logs", "exec", "top"):
+    elif verb in ("expose", "rollout", "set", "logs", "exec", "port-forward", "top"):
         _pod_and_workload_verbs(sub, verb)
     else:
         field, done = ("labels", "labeled") if verb == "label" else ("annotations", "annotated")
@@ -614,6 +615,11 @@ def _pod_and_workload_verbs(sub: argparse.ArgumentParser, verb: str) -> None:
         sub.add_argument("-c", "--container")
         sub.add_argument("-i", "--stdin", action="store_true")
         sub.add_argument("-t", "--tty", action="store_true")
+    elif verb == "port-forward":
+        sub.set_defaults(function=_namespaced(pods.port_forward))
+        sub.add_argument("resource", metavar="POD | TYPE/NAME")
+        sub.add_argument("ports", nargs="+", metavar="[LOCAL_PORT:]REMOTE_PORT")
+        sub.add_argument("--address", default="127.0.0.1", help="the local address to listen on")
     else:
         sub.set_defaults(function=_namespaced(pods.top))
         sub.add_argument("what", nargs="+", metavar="node|pod [NAME]")

@@ -1,4 +1,4 @@
-"""The pod verbs of ``skiff kubectl``: logs, exec and top.
+"""The pod verbs of ``skiff kubectl``: logs, exec, port-forward and top.
 
 ``logs`` streams ``pods/<name>/log``; ``exec`` speaks the remote-command WebSocket (``streams.py``) with
 the terminal in raw mode under ``-t``; both pick a pod for ``TYPE/NAME`` from the workload's selector and
@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -233,3 +234,91 @@ def _quantity(text: str) -> float:
         if text.endswith(suffix):
             return float(text[: -len(suffix)]) * _SUFFIXES[suffix]
     return float(text)
+
+
+# --- port-forward ---------------------------------------------------------------------------------------
+
+PORT_FORWARD_PROTOCOLS = ("v4.channel.k8s.io", "portforward.k8s.io")
+
+
+def port_forward(args: argparse.Namespace, client: Client, namespace: str, out: TextIO, err: TextIO) -> int:
+    """Listen on local ports; each connection gets a WebSocket of its own to ``pods/<name>/portforward`` (the
+    v4 channel protocol: data on channel 0, errors on 1, each opened with the port), until either side ends."""
+    pod = _pod(client, [args.resource], namespace, err)
+    phase = (pod.get("status") or {}).get("phase")
+    if phase != "Running":
+        raise WorkloadError(f"unable to forward port because pod is not running. Current status={phase}")
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/portforward"
+    listeners = []
+    for spec in args.ports:
+        local, remote = _port_pair(spec)
+        listener = socket.create_server((args.address, local))
+        listeners.append(listener)
+        out.write(f"Forwarding from {args.address}:{listener.getsockname()[1]} -> {remote}\n")
+        out.flush()
+        threading.Thread(target=_accept_forever, args=(listener, client, path, remote, out, err),
+                         daemon=True).start()
+    try:
+        threading.Event().wait()  # until interrupted
+    finally:
+        for listener in listeners:
+            listener.close()
+    return 0
+
+
+def _port_pair(spec: str) -> tuple[int, int]:
+    """``REMOTE``, ``LOCAL:REMOTE`` or ``:REMOTE`` (a free local port) as (local, remote)."""
+    local, _, remote = spec.rpartition(":") if ":" in spec else (spec, "", spec)
+    try:
+        pair = int(local or 0), int(remote)
+    except ValueError:
+        raise WorkloadError(f"invalid port {spec!r}: want [LOCAL:]REMOTE") from None
+    if not 0 <= pair[0] < 65536 or not 0 < pair[1] < 65536:
+        raise WorkloadError(f"invalid port {spec!r}: ports are 1-65535")
+    return pair
+
+
+def _accept_forever(listener: socket.socket, client: Client, path: str, remote: int, out: TextIO,
+                    err: TextIO) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return  # closed
+        out.write(f"Handling connection for {listener.getsockname()[1]}\n")
+        out.flush()
+        threading.Thread(target=_forward, args=(conn, client, path, remote, err), daemon=True).start()
+
+
+def _forward(conn: socket.socket, client: Client, path: str, remote: int, err: TextIO) -> None:
+    try:
+        channel = client.upgrade(path, [("ports", str(remote))], PORT_FORWARD_PROTOCOLS)
+    except (ApiError, OSError) as error:
+        err.write(f"error: {error}\n")
+        conn.close()
+        return
+
+    def upstream() -> None:  # the local connection's bytes to the pod
+        with contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                channel.send(0, data)
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RD)
+
+    threading.Thread(target=upstream, daemon=True).start()
+    opened: set[int] = set()
+    try:
+        while (message := channel.receive()) is not None:
+            number, data = message
+            if number not in opened:  # each channel's first message is its port
+                opened.add(number)
+                continue
+            if number == 0:
+                conn.sendall(data)
+            elif data:
+                err.write(f"error forwarding port {remote}: {data.decode(errors='replace')}\n")
+    except OSError:
+        pass
+    finally:
+        channel.close()
+        conn.close()

@@ -47,13 +47,14 @@ class ChannelSocket:
 
     @classmethod
     def connect(cls, host: str, port: int, path: str, headers: dict[str, str],
-                tls: ssl.SSLContext | None, timeout: float = 30.0) -> ChannelSocket:
+                tls: ssl.SSLContext | None, timeout: float = 30.0,
+                protocols: tuple[str, ...] = PROTOCOLS) -> ChannelSocket:
         raw = socket.create_connection((host, port), timeout=timeout)
         sock: socket.socket = tls.wrap_socket(raw, server_hostname=host) if tls else raw
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
                  f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-                 f"Sec-WebSocket-Protocol: {', '.join(PROTOCOLS)}"]
+                 f"Sec-WebSocket-Protocol: {', '.join(protocols)}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         channel = cls(sock, "")

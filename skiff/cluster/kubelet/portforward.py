@@ -188,10 +188,12 @@ async def serve_channels(ws: web.WebSocketResponse, sandbox_pid: int, ports: lis
             continue
         writers[data] = writer
         pumps.append(asyncio.create_task(_channel_out(ws, reader, data)))
+    if not pumps:  # no port could be reached: the errors are sent, nothing is left to serve
+        await _quietly(ws.close())
+        return
     incoming = asyncio.create_task(_channels_in(ws, writers))
-    waited: list[asyncio.Future[Any]] = [incoming, asyncio.gather(*pumps)] if pumps else [incoming]
     try:
-        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([incoming, asyncio.gather(*pumps)], return_when=asyncio.FIRST_COMPLETED)
     finally:
         await _quietly(cancel_and_wait(incoming, *pumps))
         for writer in writers.values():

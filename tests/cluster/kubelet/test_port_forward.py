@@ -8,8 +8,10 @@ network namespace, as port-forward does, not through the pod's address.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.api.conftest import KUBECTL, ServerProcess, k8s  # noqa: F401 - a fixture
+from tests.cluster.api.conftest import KUBECTL, REPO, ServerProcess, k8s  # noqa: F401 - a fixture
 from tests.cluster.kubelet.conftest import AgentProcess, Api, pod_manifest, wait_pod
 from tests.cluster.kubelet.test_logs_exec import agent, create  # noqa: F401 - a fixture (its own agent here)
 from tests.cluster.kubelet.test_logs_exec import running as ready
@@ -130,3 +132,27 @@ def test_python_client_port_forward_over_v4(web: str, k8s: Any) -> None:  # noqa
         assert session.error(8080) is None
     finally:
         session.close()
+
+
+def test_skiff_kubectl_port_forward_reaches_the_pod_and_reports_a_closed_port(web: str,
+                                                                               api_server: ServerProcess) -> None:
+    """``skiff kubectl port-forward`` (kubectl's output lines; the v4 channel protocol per connection)."""
+    command = [sys.executable, "-m", "skiff.cli.main", "kubectl", "--kubeconfig", str(api_server.kubeconfig),
+               "port-forward", f"pod/{web}", ":8080", "0:9"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        ports = {}
+        for _ in range(2):
+            found = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)$", process.stdout.readline().strip())  # type: ignore[union-attr]
+            assert found
+            ports[int(found.group(2))] = int(found.group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[8080]}/index.html", timeout=30) as response:
+            assert response.read() == PAGE
+        assert process.stdout.readline() == f"Handling connection for {ports[8080]}\n"  # type: ignore[union-attr]
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[9]}/", timeout=20).read()
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=10)
+    assert "failed to connect to localhost:9 inside the pod" in errors
