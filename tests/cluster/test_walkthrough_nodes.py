@@ -316,11 +316,13 @@ def test_exec_runs_in_the_pod_with_its_exit_code(cluster: Cluster) -> None:
     assert kubectl(cluster, "exec", target, "--", "sh", "-c", "exit 3", check=False).returncode == 3
 
 
-def test_port_forward_reaches_a_pod_of_the_deployment(cluster: Cluster) -> None:
-    """``kubectl port-forward deployment/web``: kubectl picks a pod, the API server on node 1 hands the stream to
-    that pod's kubelet, which connects inside the pod; nginx answers on the host's loopback."""
+@pytest.mark.parametrize("target", ["deployment/web", "svc/web"])
+def test_port_forward_reaches_a_pod_of_the_deployment(cluster: Cluster, target: str) -> None:
+    """``kubectl port-forward deployment/web`` (or the Service, whose port kubectl maps to the pod's): kubectl
+    picks a pod, the API server on node 1 hands the stream to that pod's kubelet, which connects inside the pod;
+    nginx answers on the host's loopback."""
     forward = subprocess.Popen(["kubectl", "--kubeconfig", str(cluster.root.parent / "kubeconfig"), "port-forward",
-                                "deployment/web", ":80"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                target, ":80"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = forward.stdout.readline()  # type: ignore[union-attr]
         found = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> 80", line)
