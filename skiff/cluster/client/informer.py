@@ -214,13 +214,7 @@ class Informer:
             old = self._objects.get(key)
             if old is not None and _rv(old) == _rv(obj):
                 continue
-            self._store(key, obj)
-            if old is None:
-                for fn in self._on_add:
-                    self._call(fn, obj)
-            else:
-                for fn in self._on_update:
-                    self._call(fn, old, obj)
+            self._store_and_notify(key, old, obj)
         self.resource_version = resource_version
         self._synced.set()
 
@@ -250,6 +244,10 @@ class Informer:
             for fn in self._on_delete:
                 self._call(fn, obj)
             return
+        self._store_and_notify(key, old, obj)
+
+    def _store_and_notify(self, key: str, old: Obj | None, obj: Obj) -> None:
+        """Cache ``obj``, then tell the handlers: an add if there was no ``old``, else an update."""
         self._store(key, obj)
         if old is None:
             for fn in self._on_add:
