@@ -10,14 +10,12 @@ lifecycle controller marks them NotReady.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 import time
 
 from skiff.cluster.client import ApiClient, load_kubeconfig, stop_on_signals
+from skiff.cluster.client.command import run_command
 from skiff.cluster.hollow.nodes import HollowNodes, HollowOptions
-from skiff.errors import SkiffError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -64,10 +62,4 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(run(args))
-    except (SkiffError, OSError) as exc:
-        print(f"skiff hollow-nodes: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("skiff hollow-nodes", args.log_level, lambda: run(args))

@@ -20,18 +20,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import logging
 import shlex
 import sys
 from pathlib import Path
 
 from skiff.cluster.client import ApiClient, ClusterConfig, load_kubeconfig, stop_on_signals
+from skiff.cluster.client.command import run_command
 from skiff.cluster.kubelet.agent import DEFAULT_ENGINE, NodeAgent, check_node_name, default_node_name
 from skiff.cluster.kubelet.kubelet import DEFAULT_PAUSE_IMAGE, KubeletOptions
 from skiff.cluster.kubelet.server import DEFAULT_PORT, ServingOptions
 from skiff.cluster.proxy.node import DEFAULT_DOMAIN, NodeServiceOptions
 from skiff.cluster.proxy.proxier import DEFAULT_TABLE, ProxyOptions
-from skiff.errors import InvalidArgument, SkiffError
+from skiff.errors import InvalidArgument
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -159,10 +159,4 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(run(args))
-    except (SkiffError, OSError) as exc:
-        print(f"skiff agent: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("skiff agent", args.log_level, lambda: run(args))

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import sys
 
-from skiff.cluster.client import ApiClient, ConfigError, load_kubeconfig, stop_on_signals
+from skiff.cluster.client import ApiClient, load_kubeconfig, stop_on_signals
+from skiff.cluster.client.command import run_command
 from skiff.cluster.scheduler.service import Scheduler, SchedulerOptions, scheduler_names
-from skiff.errors import SkiffError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -57,10 +55,4 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(run(args))
-    except (ConfigError, SkiffError, OSError) as exc:
-        print(f"skiff scheduler: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("skiff scheduler", args.log_level, lambda: run(args))
