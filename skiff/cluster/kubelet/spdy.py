@@ -4,7 +4,9 @@ kubectl 1.32 opens a WebSocket with the subprotocol ``SPDY/3.1+portforward.k8s.i
 (its binary messages are a byte stream); this module turns that byte stream into streams. The client opens
 every stream (SYN_STREAM with headers); we answer each with a SYN_REPLY, carry DATA both ways (FLAG_FIN ends
 one direction), echo PINGs, and honour RST_STREAM and GOAWAY. Flow control is not enforced by the Go client
-(spdystream), so WINDOW_UPDATE and SETTINGS are read and ignored, and we never send them.
+(spdystream), so WINDOW_UPDATE and SETTINGS are read and ignored, and we never send them; instead a stream
+holding more than ``MAX_BUFFERED`` unread bytes is reset (FLOW_CONTROL_ERROR), which bounds the memory a
+session can take without stalling its other streams.
 
 Frames (draft-mbelshe-httpbis-spdy-00, version 3), big-endian::
 
@@ -29,8 +31,11 @@ log = logging.getLogger(__name__)
 VERSION = 3
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDATE = 1, 2, 3, 4, 6, 7, 8, 9
 FLAG_FIN = 0x01
-RST_PROTOCOL_ERROR, RST_INVALID_STREAM, RST_CANCEL = 1, 2, 5
+RST_PROTOCOL_ERROR, RST_INVALID_STREAM, RST_CANCEL, RST_FLOW_CONTROL_ERROR = 1, 2, 5, 7
 MAX_DATA = 64 * 1024  # what one DATA frame we send carries, at most
+# What one stream may hold that its reader has not taken yet. The client does no flow control, so a stream whose
+# reader falls this far behind (a pod not reading what is sent to it) is reset rather than buffered without end.
+MAX_BUFFERED = 16 * 1024 * 1024
 
 # The header compression dictionary of SPDY/3 (section 2.6.10.1): these words, each after its 32-bit length,
 # then the raw tail below.
@@ -66,6 +71,7 @@ class Stream:
     def __init__(self, session: Session, stream_id: int, headers: dict[str, str]) -> None:
         self.session, self.id, self.headers = session, stream_id, headers
         self._incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.buffered = 0  # bytes received and not read yet
         self.remote_closed = False  # the client sent FLAG_FIN (or reset the stream)
         self.local_closed = False
         self.reset = False
@@ -75,6 +81,7 @@ class Stream:
         if self.remote_closed and self._incoming.empty():
             return b""
         chunk = await self._incoming.get()
+        self.buffered -= len(chunk or b"")
         return chunk or b""
 
     async def write(self, data: bytes) -> None:
@@ -89,14 +96,20 @@ class Stream:
             self.local_closed = True
             await self.session.send(_data_frame(self.id, FLAG_FIN, b""))
 
-    def _received(self, data: bytes, fin: bool) -> None:
+    def _received(self, data: bytes, fin: bool) -> bool:
+        """Take the client's data; False if it would hold more than ``MAX_BUFFERED`` unread (then nothing is
+        taken: the caller resets the stream)."""
         if self.remote_closed:
-            return
+            return True
+        if self.buffered + len(data) > MAX_BUFFERED:
+            return False
         if data:
+            self.buffered += len(data)
             self._incoming.put_nowait(data)
         if fin:
             self.remote_closed = True
             self._incoming.put_nowait(None)
+        return True
 
     def _was_reset(self) -> None:
         self.reset = True
@@ -151,8 +164,11 @@ class Session:
         flags = head[4]
         if not head[0] & 0x80:  # DATA
             stream = self.streams.get(int.from_bytes(head[:4], "big") & 0x7FFFFFFF)
-            if stream is not None:
-                stream._received(payload, bool(flags & FLAG_FIN))
+            if stream is not None and not stream._received(payload, bool(flags & FLAG_FIN)):
+                log.warning("SPDY stream %d: over %d bytes unread; reset", stream.id, MAX_BUFFERED)
+                del self.streams[stream.id]
+                stream._was_reset()
+                await self.send(_control(RST_STREAM, 0, struct.pack(">II", stream.id, RST_FLOW_CONTROL_ERROR)))
             return
         version, kind = struct.unpack(">HH", head[:4])
         if version & 0x7FFF != VERSION:

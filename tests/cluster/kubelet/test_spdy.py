@@ -102,3 +102,28 @@ def test_another_version_ends_the_session_with_a_goaway() -> None:
             await session.feed(control(spdy.SYN_STREAM, 0, struct.pack(">IIBB", 1, 0, 0, 0) + b"not zlib"))
 
     asyncio.run(scenario())
+
+
+def test_a_stream_whose_reader_falls_too_far_behind_is_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spdy, "MAX_BUFFERED", 100)
+
+    async def scenario() -> None:
+        sent: list[bytes] = []
+        streams: list[spdy.Stream] = []
+
+        async def send(frame: bytes) -> None:
+            sent.append(frame)
+
+        async def never_reads(stream: spdy.Stream) -> None:
+            streams.append(stream)
+
+        session, client = spdy.Session(send, never_reads), Client()
+        await session.feed(client.syn_stream(1, {"streamtype": "data"}) + data(1, b"x" * 60))
+        await session.feed(data(1, b"y" * 60))  # 120 unread bytes: over the cap
+        resets = [f for f in sent if kind_of(f) == spdy.RST_STREAM]
+        assert [struct.unpack(">II", f[8:16]) for f in resets] == [(1, spdy.RST_FLOW_CONTROL_ERROR)]
+        await asyncio.gather(*session.tasks)
+        assert streams[0].reset and await streams[0].read() == b"x" * 60  # what was taken is still read
+        assert 1 not in session.streams
+
+    asyncio.run(scenario())
