@@ -208,20 +208,54 @@ def top(args: argparse.Namespace, client: Client, namespace: str, out: TextIO, e
         raise
     what = args.what[0] if args.what else ""
     if what in ("node", "nodes", "no"):
-        items = client.request("GET", "/apis/metrics.k8s.io/v1beta1/nodes").get("items", [])
-        usages = [(item["metadata"]["name"], [item.get("usage") or {}]) for item in items]
-    elif what in ("pod", "pods", "po"):
-        items = client.request("GET", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods").get("items", [])
-        usages = [(item["metadata"]["name"], [c.get("usage") or {} for c in item.get("containers") or []])
-                  for item in items]
-    else:
-        raise WorkloadError("top needs a resource: node or pod")
-    out.write(f"{'NAME':<40}{'CPU(cores)':<13}{'MEMORY(bytes)'}\n")
-    for name, parts in usages:
-        cpu = sum(_quantity(u.get("cpu", "0")) for u in parts)
-        memory = sum(_quantity(u.get("memory", "0")) for u in parts)
-        out.write(f"{name:<40}{f'{round(cpu * 1000)}m':<13}{round(memory / 2**20)}Mi\n")
+        return _top_nodes(client, out)
+    if what in ("pod", "pods", "po"):
+        return _top_pods(client, namespace, out, err)
+    raise WorkloadError("top needs a resource: node or pod")
+
+
+def _top_pods(client: Client, namespace: str, out: TextIO, err: TextIO) -> int:
+    items = client.request("GET", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods").get("items", [])
+    if not items:  # kubectl's two answers: pods without figures yet, or no pods at all
+        if client.request("GET", f"/api/v1/namespaces/{namespace}/pods", query={"limit": "1"}).get("items"):
+            raise WorkloadError("metrics not available yet")
+        err.write(f"No resources found in {namespace} namespace.\n")
+        return 0
+    rows = [["NAME", "CPU(cores)", "MEMORY(bytes)"]]
+    for item in sorted(items, key=lambda i: i["metadata"]["name"]):
+        parts = [c.get("usage") or {} for c in item.get("containers") or []]
+        cpu, memory = (sum(_quantity(u.get(k, "0")) for u in parts) for k in ("cpu", "memory"))
+        rows.append([item["metadata"]["name"], f"{round(cpu * 1000)}m", f"{round(memory / 2**20)}Mi"])
+    _columns(rows, out)
     return 0
+
+
+def _top_nodes(client: Client, out: TextIO) -> int:
+    items = client.request("GET", "/apis/metrics.k8s.io/v1beta1/nodes").get("items", [])
+    if not items:
+        raise WorkloadError("metrics not available yet")
+    allocatable = {n["metadata"]["name"]: (n.get("status") or {}).get("allocatable") or {}
+                   for n in client.request("GET", "/api/v1/nodes").get("items", [])}
+    rows = [["NAME", "CPU(cores)", "CPU(%)", "MEMORY(bytes)", "MEMORY(%)"]]
+    for item in sorted(items, key=lambda i: i["metadata"]["name"]):
+        usage, capacity = item.get("usage") or {}, allocatable.get(item["metadata"]["name"], {})
+        cpu, memory = _quantity(usage.get("cpu", "0")), _quantity(usage.get("memory", "0"))
+        rows.append([item["metadata"]["name"], f"{round(cpu * 1000)}m", _percent(cpu, capacity.get("cpu")),
+                     f"{round(memory / 2**20)}Mi", _percent(memory, capacity.get("memory"))])
+    _columns(rows, out)
+    return 0
+
+
+def _percent(used: float, capacity: str | None) -> str:
+    total = _quantity(capacity) if capacity else 0
+    return f"{round(used / total * 100)}%" if total else "<unknown>"
+
+
+def _columns(rows: list[list[str]], out: TextIO) -> None:
+    """kubectl's table layout: each column as wide as its widest cell, three spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 _SUFFIXES = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,

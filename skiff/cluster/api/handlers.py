@@ -22,9 +22,10 @@ from skiff.cluster.api import fields, printers, protobuf, watch
 from skiff.cluster.api import patch as patches
 from skiff.cluster.api.auth import Attributes, RBACAuthorizer, User
 from skiff.cluster.api.lifecycle import DeleteOptions
+from skiff.cluster.api.metrics import MetricsApi
 from skiff.cluster.api.objects import Obj, dumps, from_kv, meta, with_revision
 from skiff.cluster.api.podproxy import PodProxy
-from skiff.cluster.api.resources import ResourceType
+from skiff.cluster.api.resources import METRICS_GROUP, ResourceType
 from skiff.cluster.api.rest import RETURNS_DELETED, Entry, Registry, parse_revision
 from skiff.cluster.api.routing import RequestInfo
 from skiff.cluster.api.selectors import Filter, LabelSelector
@@ -155,6 +156,7 @@ class ResourceHandler:
         self.registry = registry
         self.authorizer = authorizer
         self.pod_proxy: PodProxy | None = None  # pods/log, exec, attach and portforward, through the kubelet
+        self.metrics: MetricsApi | None = None  # metrics.k8s.io, from the kubelets
         self.watches: set[asyncio.Task[Any]] = set()  # the handlers of open watches, ended first at shutdown
         self.tokens: ServiceAccountTokens | None = None  # serviceaccounts/token
 
@@ -173,6 +175,10 @@ class ResourceHandler:
             raise bad_request("the server could not find the requested resource: a namespace is required")
         renderer = Renderer(request.headers.get("Accept", ""), request.query, t)
         method = request.method
+        if t.group == METRICS_GROUP:
+            if method not in ("GET", "HEAD") or info.watch or self.metrics is None:
+                raise method_not_allowed()
+            return json_response(await self.metrics.serve(t, namespace, info.name, request.query))
         if not t.stored:
             if method != "POST" or info.name:
                 raise method_not_allowed()

@@ -35,6 +35,7 @@ from skiff.cluster.api.status import ApiError, bad_request, internal, method_not
 LOG_PARAMS = ("follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes")
 STREAM_PARAMS = ("stdin", "stdout", "stderr", "tty")
 PROXY_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+KUBELET_JSON_TIMEOUT = 10.0  # seconds for a kubelet's JSON answer (its stats sample over a second)
 
 
 class PodProxy:
@@ -146,16 +147,21 @@ class PodProxy:
             if exc.code == 404:
                 raise bad_request(f"node {node_name} of pod {meta['name']} is not registered") from None
             raise
-        status = node.get("status") or {}
-        address = next((a.get("address") for a in status.get("addresses") or () if a.get("type") == "InternalIP"),
-                       None)
-        port = ((status.get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port")
-        if not address or not port:
-            raise internal(f"node {node_name} publishes no kubelet endpoint (InternalIP and kubelet port)")
-        host = f"[{address}]" if ":" in address else address
         parts = (meta.get("namespace") or "default", meta["name"], *([container] if container else []))
         path = "/".join(quote(part, safe="") for part in parts)
-        return f"https://{host}:{port}/{endpoint}/{path}"
+        return f"{_kubelet_base(node)}/{endpoint}/{path}"
+
+    async def kubelet_json(self, node: Obj, path: str, timeout: float = KUBELET_JSON_TIMEOUT) -> Any:
+        """A JSON document from the node's kubelet (``/stats/summary``, say); ApiError when it does not answer."""
+        url = _kubelet_base(node) + path
+        try:
+            async with self.session().get(url, ssl=self._tls(False),
+                                          timeout=aiohttp.ClientTimeout(total=timeout)) as upstream:
+                if upstream.status != 200:
+                    raise await _kubelet_error(upstream)
+                return await upstream.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise internal(f"error reading {url}: {exc or type(exc).__name__}") from None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -174,6 +180,17 @@ class PodProxy:
             for context in (self._verified, self._unverified):
                 context.load_cert_chain(client.cert_path, client.key_path)
         return self._unverified if skip_verify else self._verified
+
+
+def _kubelet_base(node: Obj) -> str:
+    """``https://<InternalIP>:<kubelet port>`` of a Node (500 when it publishes none)."""
+    status = node.get("status") or {}
+    address = next((a.get("address") for a in status.get("addresses") or () if a.get("type") == "InternalIP"), None)
+    port = ((status.get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port")
+    if not address or not port:
+        raise internal(f"node {node['metadata']['name']} publishes no kubelet endpoint (InternalIP and kubelet port)")
+    host = f"[{address}]" if ":" in address else address
+    return f"https://{host}:{port}"
 
 
 def _container(pod: Obj, wanted: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+METRICS_GROUP = "metrics.k8s.io"
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 SUB_VERBS = {"status": ("get", "patch", "update"), "scale": ("get", "patch", "update"),
              "log": ("get",), "exec": ("create", "get"), "attach": ("create", "get"),
@@ -92,6 +93,9 @@ CATALOGUE: tuple[ResourceType, ...] = (
     _t("authorization.k8s.io", "SelfSubjectAccessReview", "selfsubjectaccessreviews", False, verbs=("create",),
        stored=False),
     _t("authentication.k8s.io", "SelfSubjectReview", "selfsubjectreviews", False, verbs=("create",), stored=False),
+    # `kubectl top`: what the nodes' kubelets measure, gathered per request (metrics-server's API, served here)
+    ResourceType(METRICS_GROUP, "v1beta1", "NodeMetrics", "nodes", "", False, verbs=("get", "list"), stored=False),
+    ResourceType(METRICS_GROUP, "v1beta1", "PodMetrics", "pods", "", True, verbs=("get", "list"), stored=False),
 )
 STORED: tuple[ResourceType, ...] = tuple(t for t in CATALOGUE if t.stored)
 

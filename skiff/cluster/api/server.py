@@ -41,6 +41,7 @@ from skiff.cluster.api.auth import (
 from skiff.cluster.api.cache import WatchCache
 from skiff.cluster.api.certs import ClusterPKI, serving_hosts, write_kubeconfig
 from skiff.cluster.api.handlers import ResourceHandler, json_response
+from skiff.cluster.api.metrics import MetricsApi
 from skiff.cluster.api.mirror import StoreMirror
 from skiff.cluster.api.podproxy import PodProxy
 from skiff.cluster.api.resources import BY_PATH
@@ -168,6 +169,7 @@ class ApiServer:
                                                      self.config.default_unreachable_toleration_seconds))
         self.resources = ResourceHandler(self.registry, self.rbac)
         self.resources.pod_proxy = PodProxy(self.registry, self.pki)
+        self.resources.metrics = MetricsApi(self.registry, self.resources.pod_proxy)
         self.tokens = ServiceAccountTokens(self.pki.dir / "service-account.key", self.registry)
         self.resources.tokens = self.tokens
         await self._bootstrap()

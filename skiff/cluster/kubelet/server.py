@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from skiff.atomicfile import write_atomically
-from skiff.cluster.kubelet import naming, portforward
+from skiff.cluster.kubelet import naming, portforward, stats
 from skiff.cluster.kubelet.runtime import EngineContainer, EngineRuntime
 from skiff.errors import NotFound, SkiffError, SystemFailure
 
@@ -101,6 +101,7 @@ class KubeletServer:
         for verb in ("exec", "attach"):
             app.router.add_route("*", f"/{verb}/{{namespace}}/{{pod}}/{{container}}", self._stream)
         app.router.add_route("*", "/portForward/{namespace}/{pod}", self._port_forward)
+        app.router.add_get("/stats/summary", self._stats_summary)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.address, self.options.port, ssl_context=self._tls_context())
@@ -211,6 +212,9 @@ class KubeletServer:
         await ws.prepare(request)
         await session.run(ws)
         return ws
+
+    async def _stats_summary(self, _request: web.Request) -> web.Response:
+        return web.json_response(await stats.summary(self.runtime, self.node_name))
 
     async def _port_forward(self, request: web.Request) -> web.StreamResponse:
         namespace, pod_name = request.match_info["namespace"], request.match_info["pod"]
