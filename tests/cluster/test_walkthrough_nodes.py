@@ -5,7 +5,7 @@ images loaded with ``skiff cluster load``, step by step as a user would type it.
 The steps share one cluster and run in order: 3 Ready nodes; the images loaded; ``kubectl apply`` of the
 seed's Deployment (2 nginx pods on different nodes, each serving its page at its pod IP); a deleted pod
 replaced, scaled to 5; ``kubectl expose --type=LoadBalancer`` answering on every node's address and by name
-from a pod; ``kubectl logs`` / ``exec`` / ``port-forward``; a rolling update to an image no registry has
+from a pod; ``kubectl logs`` / ``exec`` / ``port-forward`` / ``top``; a rolling update to an image no registry has
 stopping at maxUnavailable while the old pods serve, and ``rollout undo``; node 3's agent SIGKILLed: the node
 NotReady and its pods recreated on nodes 1 and 2; ``skiff cluster delete`` leaving nothing.
 
@@ -334,6 +334,14 @@ def test_port_forward_reaches_a_pod_of_the_deployment(cluster: Cluster, target: 
         forward.wait(timeout=10)
         forward.stdout.close()  # type: ignore[union-attr]
         forward.stderr.close()  # type: ignore[union-attr]
+
+
+def test_top_shows_every_node_and_the_pods(cluster: Cluster) -> None:
+    """``kubectl top``: the server on node 1 asks every node's kubelet for its figures."""
+    nodes = kubectl(cluster, "top", "node").stdout.splitlines()
+    assert sorted(line.split()[0] for line in nodes[1:]) == [node_name(cluster, i) for i in (1, 2, 3)]
+    pods = kubectl(cluster, "top", "pod", "-l", "app=web").stdout.splitlines()
+    assert sorted(line.split()[0] for line in pods[1:]) == sorted(p["metadata"]["name"] for p in running(cluster, 5))
 
 
 def test_a_pod_failing_readiness_leaves_the_services_endpoints(cluster: Cluster) -> None:
