@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -448,6 +450,19 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
         report_throughput(rows)
 
 
+@contextlib.contextmanager
+def scratch_dir(name: str, keep: bool) -> Iterator[Path]:
+    """A temporary directory for one bench run, removed at the end unless ``keep`` (``--keep-temp``)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"skiff-bench-{name}-"))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
@@ -460,15 +475,9 @@ def main() -> None:
                         help="also measure `skiff scheduler` started by hand beside a server without one")
     parser.add_argument("--keep-temp", action="store_true")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="skiff-bench-control-plane-"))
-    (tmp / "deployment").mkdir()
-    try:
+    with scratch_dir("control-plane", args.keep_temp) as tmp:
+        (tmp / "deployment").mkdir()
         asyncio.run(main_async(args, tmp))
-    finally:
-        if args.keep_temp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from control_plane import (  # the harness, found beside this file
     hollow_nodes,
     pod_template,
     ready_nodes,
+    scratch_dir,
     wait_registered,
 )
 
@@ -176,15 +175,9 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1000)
     parser.add_argument("--keep-temp", action="store_true")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="skiff-bench-endpoints-"))
     print("peer: no kube-controller-manager here; figures are Skiff's alone (2 shared CPUs, noisy).")
-    try:
+    with scratch_dir("endpoints", args.keep_temp) as tmp:
         asyncio.run(run(tmp, args.nodes, args.replicas))
-    finally:
-        if args.keep_temp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from control_plane import Child, Server, pod_template, ready_nodes, wait_registered  # the harness beside this file
+from control_plane import (  # the harness beside this file
+    Child,
+    Server,
+    pod_template,
+    ready_nodes,
+    scratch_dir,
+    wait_registered,
+)
 
 from skiff.cluster.client import DEPLOYMENTS, NODES, PODS, ApiClient, load_kubeconfig
 
@@ -158,14 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.victims < args.nodes:
         parser.error("--victims must be between 1 and --nodes - 1")
-    tmp = Path(tempfile.mkdtemp(prefix="skiff-bench-failover-"))
-    try:
+    with scratch_dir("failover", args.keep_temp) as tmp:
         asyncio.run(measure(args, tmp))
-    finally:
-        if args.keep_temp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
