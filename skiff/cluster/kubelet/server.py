@@ -225,7 +225,8 @@ class KubeletServer:
         if sandbox is None:
             raise _bad_request(f'pod "{pod_name}" has no running sandbox to forward ports into')
         ws = web.WebSocketResponse(protocols=portforward.PROTOCOLS, max_msg_size=0, autoping=True)
-        protocol = ws.can_prepare(request).protocol if ws.can_prepare(request).ok else None
+        ready = ws.can_prepare(request)
+        protocol = ready.protocol if ready.ok else None
         if protocol not in portforward.PROTOCOLS:
             raise _bad_request(f"a WebSocket upgrade with one of the subprotocols {list(portforward.PROTOCOLS)} is "
                                "required (SPDY is served only inside a WebSocket)")

@@ -58,7 +58,9 @@ async def summary(runtime: EngineRuntime, node_name: str) -> dict[str, Any]:
     found = await runtime.containers({naming.NODE_NAME: node_name, naming.CONTAINER_TYPE: naming.TYPE_CONTAINER})
     running = [c for c in found if c.running]
     busy_before, total_before = _cpu_times()
-    samples = await asyncio.gather(*(runtime.call(runtime.api.stats, c.id, stream=False) for c in running),
+    # Each answer takes the engine's second between its two samples: off the runtime's pool, whose threads the
+    # pod syncs need meanwhile (failures come back as the engine client raised them: that container is skipped).
+    samples = await asyncio.gather(*(asyncio.to_thread(runtime.api.stats, c.id, stream=False) for c in running),
                                    return_exceptions=True)
     busy_after, total_after = _cpu_times()
     node_cpu = int((busy_after - busy_before) / max(1, total_after - total_before) * (os.cpu_count() or 1) * 1e9)
