@@ -199,14 +199,16 @@ def _binding(name: str, role: str, group: str, kind: str = "Group") -> Obj:
 _CONTROLLED = ["pods", "pods/status", "replicasets", "replicasets/status", "replicasets/scale", "deployments",
                "deployments/status", "deployments/scale", "events", "endpoints", "endpointslices", "services",
                "services/status", "serviceaccounts", "serviceaccounts/token", "secrets", "configmaps", "namespaces",
-               "namespaces/status", "namespaces/finalize", "nodes", "nodes/status", "leases"]
+               "namespaces/status", "namespaces/finalize", "nodes", "nodes/status", "leases",
+               "horizontalpodautoscalers", "horizontalpodautoscalers/status"]
+_WORKLOAD_GROUPS = ["", "apps", "autoscaling", "coordination.k8s.io", "discovery.k8s.io"]
 
 
 def bootstrap_policy() -> list[tuple[str, Obj]]:
     """``(plural, object)`` for each default ClusterRole and ClusterRoleBinding."""
     workloads = ["pods", "services", "endpoints", "configmaps", "secrets", "events", "serviceaccounts",
                  "deployments", "deployments/scale", "replicasets", "replicasets/scale", "leases", "endpointslices",
-                 "pods/log", "pods/exec", "pods/attach", "pods/portforward"]
+                 "pods/log", "pods/exec", "pods/attach", "pods/portforward", "horizontalpodautoscalers"]
     return [
         ("clusterroles", _role("cluster-admin", [{"apiGroups": _ALL, "resources": _ALL, "verbs": _ALL},
                                                  {"nonResourceURLs": _ALL, "verbs": _ALL}])),
@@ -214,11 +216,10 @@ def bootstrap_policy() -> list[tuple[str, Obj]]:
         ("clusterroles", _role("system:basic-user", [
             {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews"], "verbs": ["create"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}])),
-        ("clusterroles", _role("view", [{"apiGroups": ["", "apps", "coordination.k8s.io", "discovery.k8s.io"],
+        ("clusterroles", _role("view", [{"apiGroups": _WORKLOAD_GROUPS,
                                          "resources": [r for r in workloads if r != "secrets"] + ["namespaces"],
                                          "verbs": _READ}])),
-        ("clusterroles", _role("edit", [{"apiGroups": ["", "apps", "coordination.k8s.io", "discovery.k8s.io"],
-                                         "resources": workloads, "verbs": _ALL},
+        ("clusterroles", _role("edit", [{"apiGroups": _WORKLOAD_GROUPS, "resources": workloads, "verbs": _ALL},
                                         {"apiGroups": [""], "resources": ["namespaces"], "verbs": _READ}])),
         ("clusterroles", _role("system:node", [
             {"apiGroups": ["*"], "resources": ["*"], "verbs": _READ},
@@ -235,8 +236,7 @@ def bootstrap_policy() -> list[tuple[str, Obj]]:
         ("clusterrolebindings", _binding("system:service-account-issuer-discovery",
                                          "system:service-account-issuer-discovery", "system:serviceaccounts")),
         ("clusterroles", _role(CONTROLLER_MANAGER_USER, [
-            {"apiGroups": ["", "apps", "coordination.k8s.io", "discovery.k8s.io"], "resources": _CONTROLLED,
-             "verbs": _ALL},
+            {"apiGroups": _WORKLOAD_GROUPS, "resources": _CONTROLLED, "verbs": _ALL},
             # the namespace controller empties a terminating namespace of every resource (kube's
             # system:controller:namespace-controller)
             {"apiGroups": _ALL, "resources": _ALL, "verbs": ["get", "list", "watch", "delete", "deletecollection"]}])),
@@ -251,6 +251,24 @@ def bootstrap_policy() -> list[tuple[str, Obj]]:
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": _ALL}])),
         ("clusterrolebindings", _binding(SCHEDULER_USER, SCHEDULER_USER, SCHEDULER_USER, kind="User")),
     ]
+
+
+AUTOUPDATE = "rbac.authorization.kubernetes.io/autoupdate"
+
+
+def reconcile_bootstrap(live: Obj, default: Obj) -> Obj | None:
+    """A default role or binding already there (from an older Skiff) with what the current default adds: rules
+    and subjects it lacks are added, nothing is taken away, as kube-apiserver reconciles its bootstrap policy.
+    None when nothing is missing, or when the object's ``rbac.authorization.kubernetes.io/autoupdate`` annotation
+    is "false"."""
+    if ((live.get("metadata") or {}).get("annotations") or {}).get(AUTOUPDATE) == "false":
+        return None
+    field = "rules" if "rules" in default else "subjects"
+    have = list(live.get(field) or [])
+    missing = [entry for entry in default[field] if entry not in have]
+    if not missing:
+        return None
+    return {**live, field: have + missing}
 
 
 def component_token(path: Path) -> str:

@@ -18,15 +18,15 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from skiff.cluster.api import fields, printers, protobuf, watch
+from skiff.cluster.api import conversion, fields, printers, protobuf, watch
 from skiff.cluster.api import patch as patches
 from skiff.cluster.api.auth import Attributes, RBACAuthorizer, User
 from skiff.cluster.api.lifecycle import DeleteOptions
 from skiff.cluster.api.metrics import MetricsApi
 from skiff.cluster.api.objects import Obj, dumps, from_kv, meta, with_revision
 from skiff.cluster.api.podproxy import PodProxy
-from skiff.cluster.api.resources import METRICS_GROUP, ResourceType
-from skiff.cluster.api.rest import RETURNS_DELETED, Entry, Registry, parse_revision
+from skiff.cluster.api.resources import METRICS_GROUP, ResourceType, storage_type
+from skiff.cluster.api.rest import RETURNS_DELETED, Entry, Registry, check_type, parse_revision
 from skiff.cluster.api.routing import RequestInfo
 from skiff.cluster.api.selectors import Filter, LabelSelector
 from skiff.cluster.api.status import (
@@ -75,7 +75,10 @@ def parse_body(raw: bytes, content_type: str) -> Any:
 
 
 class Renderer:
-    """How objects are answered to this request: as themselves, a Table, or PartialObjectMetadata."""
+    """How objects are answered to this request: as themselves, a Table, or PartialObjectMetadata.
+
+    ``t`` is the type the request addressed; the objects handed in are as kept (``storage_type``), and go out
+    converted to ``t``'s version."""
 
     def __init__(self, accept: str, query: Any, t: ResourceType) -> None:
         self.t = t
@@ -86,7 +89,11 @@ class Renderer:
     @property
     def plain(self) -> bool:
         """Objects go out as themselves: answers can be spliced from the stored bytes."""
-        return not self.table and not self.partial
+        return not self.table and not self.partial and not self.t.storage_version
+
+    def served(self, obj: Obj) -> Obj:
+        """A kept object in the version the request addressed."""
+        return conversion.from_storage(self.t, obj)
 
     def many_raw(self, entries: list[Entry], revision: int, token: str | None) -> bytes:
         """A plain list made from the stored bytes (``plain`` only)."""
@@ -102,7 +109,7 @@ class Renderer:
             return self._table([obj], meta(obj).get("resourceVersion", ""))
         if self.partial:
             return _partial(obj)
-        return obj
+        return self.served(obj)
 
     def many(self, items: list[Obj], revision: int, token: str | None) -> Obj:
         metadata: dict[str, Any] = {"resourceVersion": str(revision)}
@@ -115,11 +122,12 @@ class Renderer:
         if self.partial:
             return {"kind": "PartialObjectMetadataList", "apiVersion": META, "metadata": metadata,
                     "items": [_partial(o) for o in items]}
-        return {"kind": self.t.list_kind, "apiVersion": self.t.group_version, "metadata": metadata, "items": items}
+        return {"kind": self.t.list_kind, "apiVersion": self.t.group_version, "metadata": metadata,
+                "items": [self.served(obj) for obj in items]}
 
     def event_object(self, obj: Obj, first: bool) -> Obj:
         if not self.table:
-            return _partial(obj) if self.partial else obj
+            return _partial(obj) if self.partial else self.served(obj)
         table = self._table([obj], meta(obj).get("resourceVersion", ""))
         if not first:
             table["columnDefinitions"] = []
@@ -130,7 +138,7 @@ class Renderer:
         table.setdefault("metadata", {})["resourceVersion"] = revision
         if self.include_object == "Object":
             for row, obj in zip(table.get("rows") or [], items, strict=False):
-                row["object"] = obj
+                row["object"] = self.served(obj)
         elif self.include_object == "None":
             for row in table.get("rows") or []:
                 row.pop("object", None)
@@ -183,6 +191,7 @@ class ResourceHandler:
             if method != "POST" or info.name:
                 raise method_not_allowed()
             return await self._review(request, t)
+        t = storage_type(t)  # what the registry keeps; the renderer knows the version asked for
         if info.subresource:
             return await self._subresource(request, info, t, namespace, renderer)
         response = await self._resource(request, info, t, namespace, renderer)
@@ -232,7 +241,7 @@ class ResourceHandler:
             flt = Filter(flt.labels, flt.fields.__class__.parse(
                 ",".join(filter(None, [q.get("fieldSelector"), f"metadata.name={name}"])), t.plural))
         initial = q.get("sendInitialEvents")
-        req = watch.WatchRequest(t, namespace, flt, q.get("resourceVersion"), watch.timeout_of(q),
+        req = watch.WatchRequest(renderer.t, namespace, flt, q.get("resourceVersion"), watch.timeout_of(q),
                                  q.get("allowWatchBookmarks") in ("true", "1"),
                                  None if initial is None else initial == "true")
         parse_revision(req.resource_version)  # a malformed one is a 400 before the stream starts
@@ -268,7 +277,8 @@ class ResourceHandler:
         dry_run = "dryRun" in request.query
         if not isinstance(body, dict):
             raise bad_request("the object must be a JSON object")
-        check_fields(request, t, body)
+        check_fields(request, renderer.t, body)
+        body = _to_storage(renderer.t, body)
         body = patches.record_update(None, body, field_manager(request), t.gvk)
         created = await self.registry.create(t, namespace, body, dry_run)
         return json_response(renderer.one(created), 201)
@@ -279,10 +289,14 @@ class ResourceHandler:
         if not isinstance(body, dict):
             raise bad_request("the object must be a JSON object")
         manager = field_manager(request)
-        check_fields(request, t, body)
+        served = renderer.t
+        check_fields(request, served, body)
+        if served.storage_version:
+            check_type(served, body)
 
         def replace(live: Obj) -> Obj:
-            return _record(live, body, manager, t, subresource)  # it copies what it returns
+            # it copies what it returns
+            return _record(live, conversion.to_storage(served, body, live), manager, t, subresource)
         create = None
         if t.create_on_update and not subresource:
             async def create() -> Obj:
@@ -293,13 +307,16 @@ class ResourceHandler:
 
     async def _patch(self, request: web.Request, t: ResourceType, namespace: str | None, name: str,
                      renderer: Renderer, subresource: str | None = None) -> web.Response:
-        change, create = self._patch_function(request, t, namespace, await request.read(), subresource)
+        change, create = self._patch_function(request, t, renderer.t, namespace, await request.read(), subresource)
         obj, created = await self.registry.update(t, namespace, name, change, subresource,
                                                   "dryRun" in request.query, None if subresource else create)
         return json_response(renderer.one(obj), 201 if created else 200)
 
-    def _patch_function(self, request: web.Request, t: ResourceType, namespace: str | None, raw: bytes,
-                        subresource: str | None) -> tuple[Callable[[Obj], Obj], Callable[[], Awaitable[Obj]] | None]:
+    def _patch_function(self, request: web.Request, t: ResourceType, served: ResourceType, namespace: str | None,
+                        raw: bytes, subresource: str | None
+                        ) -> tuple[Callable[[Obj], Obj], Callable[[], Awaitable[Obj]] | None]:
+        """How a PATCH changes the live object, in ``served``'s version (``t`` keeps it), and for an apply of
+        a missing object, how to create it."""
         kind = base_type(_content_type(request))
         manager = field_manager(request)
         if kind == patches.APPLY_PATCH:
@@ -310,22 +327,26 @@ class ResourceHandler:
             if not isinstance(applied, dict):
                 raise bad_request("apply configuration must be an object")
             force = request.query.get("force") in ("true", "1")
-            check_fields(request, t, applied)
+            check_fields(request, served, applied)
+
+            def apply(live: Obj | None) -> Obj:
+                seen = None if live is None else conversion.from_storage(served, live)
+                config = copy.deepcopy(applied) if live is None else applied
+                made = _call_patch(lambda: patches.server_side_apply(seen, config, manager, force, served.gvk))
+                return conversion.to_storage(served, made, live)
 
             async def create() -> Obj:
-                made = _call_patch(lambda: patches.server_side_apply(None, copy.deepcopy(applied), manager, force,
-                                                                     t.gvk))
-                return await self.registry.create(t, namespace, made)
-            return (lambda live: _call_patch(lambda: patches.server_side_apply(live, applied, manager, force,
-                                                                                 t.gvk))), create
+                return await self.registry.create(t, namespace, apply(None))
+            return apply, create
         if kind not in patches.PATCH_TYPES:
             raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
                            f"accepted media types include: {', '.join(patches.PATCH_TYPES)}")
 
         def change(live: Obj) -> Obj:
-            patched = _call_patch(lambda: patches.apply_patch(live, raw, kind, t.gvk))
-            check_fields(request, t, patched)
-            return _record(live, patched, manager, t, subresource)
+            patched = _call_patch(lambda: patches.apply_patch(conversion.from_storage(served, live), raw, kind,
+                                                              served.gvk))
+            check_fields(request, served, patched)
+            return _record(live, conversion.to_storage(served, patched, live), manager, t, subresource)
         return change, None
 
     async def _delete(self, request: web.Request, t: ResourceType, namespace: str | None, name: str,
@@ -377,7 +398,7 @@ class ResourceHandler:
         sub, name, method = info.subresource, info.name, request.method
         if sub == "status":
             if method == "GET":
-                return json_response(await self.registry.get(t, namespace, name))
+                return json_response(renderer.served(await self.registry.get(t, namespace, name)))
             if method == "PUT":
                 return await self._replace(request, t, namespace, name, renderer, "status")
             if method == "PATCH":
@@ -502,6 +523,14 @@ def to_scale(obj: Obj) -> Obj:
                          if k in m},
             "spec": {"replicas": spec.get("replicas", 0)},
             "status": {"replicas": status.get("replicas", 0), "selector": text}}
+
+
+def _to_storage(served: ResourceType, body: Obj) -> Obj:
+    """A new object sent to ``served``'s endpoint, in the form it is kept in (its apiVersion checked first)."""
+    if not served.storage_version:
+        return body
+    check_type(served, body)
+    return conversion.to_storage(served, body)
 
 
 def _call_patch(fn: Callable[[], Obj]) -> Obj:

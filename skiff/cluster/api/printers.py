@@ -503,6 +503,48 @@ def _serviceaccount_cells(obj: Obj, now: datetime) -> list[Cell]:
     return [_name(obj), len(obj.get("secrets") or []), _age(obj, now)]
 
 
+def _hpa_cells(obj: Obj, now: datetime) -> list[Cell]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    ref = spec.get("scaleTargetRef") or {}
+    low = spec.get("minReplicas")
+    return [_name(obj), f"{ref.get('kind', '')}/{ref.get('name', '')}",
+            format_hpa_metrics(spec.get("metrics") or [], status.get("currentMetrics") or []),
+            "<unset>" if low is None else str(low), spec.get("maxReplicas", 0), status.get("currentReplicas", 0),
+            _age(obj, now)]
+
+
+def format_hpa_metrics(specs: list[Obj], statuses: list[Obj], shown: int = 2) -> str:
+    """``cpu: 12%/50%, memory: 40Mi/100Mi + 1 more...``: each metric's current value (``<unknown>`` before the
+    first measurement) against its target, as kubectl's TARGETS column shows them."""
+    if not specs:
+        return "<none>"
+    cells = [_hpa_metric(spec, statuses[i] if i < len(statuses) else {}) for i, spec in enumerate(specs)]
+    text = ", ".join(cells[:shown])
+    return f"{text} + {len(cells) - shown} more..." if len(cells) > shown else text
+
+
+def _hpa_metric(spec: Obj, status: Obj) -> str:
+    kind = spec.get("type")
+    key = {"Resource": "resource", "ContainerResource": "containerResource", "Pods": "pods", "Object": "object",
+           "External": "external"}.get(kind or "")
+    if key is None:
+        return "<unknown type>"
+    source, current = spec.get(key) or {}, ((status.get(key) or {}).get("current") or {})
+    target = source.get("target") or {}
+    if key in ("resource", "containerResource"):
+        if target.get("averageValue") is not None:
+            return f"{source.get('name')}: {current.get('averageValue', '<unknown>')}/{target['averageValue']}"
+        now = current.get("averageUtilization")
+        wanted = target.get("averageUtilization")
+        return (f"{source.get('name')}: {'<unknown>' if now is None else f'{now}%'}/"
+                f"{'<auto>' if wanted is None else f'{wanted}%'}")
+    if key == "pods":
+        return f"{current.get('averageValue', '<unknown>')}/{target.get('averageValue')}"
+    if target.get("averageValue") is not None:
+        return f"{current.get('averageValue', '<unknown>')}/{target['averageValue']} (avg)"
+    return f"{current.get('value', '<unknown>')}/{target.get('value')}"
+
+
 def _lease_cells(obj: Obj, now: datetime) -> list[Cell]:
     return [_name(obj), (obj.get("spec") or {}).get("holderIdentity") or "", _age(obj, now)]
 
@@ -673,6 +715,15 @@ _PRINTERS: dict[tuple[str, str], tuple[list[Obj], Printer]] = {
         _age_column(), *_TEMPLATE_WIDE,
         _column("Selector", DOCS["JOB_SELECTOR"], priority=1),
     ], _cronjob_cells),
+    ("autoscaling", "horizontalpodautoscalers"): ([
+        _name_column(),
+        _column("Reference", "The workload the autoscaler scales, as kind/name."),
+        _column("Targets", "Each metric's current value against its target, the first two of them."),
+        _column("MinPods", "The fewest replicas the autoscaler scales down to."),
+        _column("MaxPods", "The most replicas the autoscaler scales up to.", type_="integer"),
+        _column("Replicas", "How many replicas the autoscaler last saw.", type_="integer"),
+        _age_column(),
+    ], _hpa_cells),
     ("coordination.k8s.io", "leases"): ([
         _name_column(), _column("Holder", DOCS["LEASE_HOLDER"]), _age_column(),
     ], _lease_cells),

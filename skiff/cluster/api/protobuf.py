@@ -3,7 +3,8 @@
 kubectl's typed clients (``kubectl create namespace|configmap|secret|serviceaccount|service|deployment|
 role|rolebinding|...``) send ``application/vnd.kubernetes.protobuf``: the magic ``k8s\\0``, then a
 ``runtime.Unknown`` envelope (TypeMeta, raw bytes of the object). The object's message is decoded with
-the field numbers of kube's ``generated.proto`` for the types such clients send; unknown fields are
+the field numbers of kube's ``generated.proto`` for the types such clients send (a schema named
+``group/version/Kind`` where versions of a kind number their fields differently); unknown fields are
 skipped. gogo-protobuf writes every non-pointer scalar even at its zero value, where JSON would omit
 it, so zero values are dropped (except where zero is meaningful: ``replicas``).
 
@@ -100,6 +101,14 @@ SCHEMAS: dict[str, F] = {
     "NonResourceAttributes": {1: ("path", "str", False), 2: ("verb", "str", False)},
     "SelfSubjectReview": {1: ("metadata", "ObjectMeta", False)},
     # `kubectl create token` (authentication.k8s.io/v1)
+    # `kubectl autoscale` (1.32): autoscaling/v1 (v2's spec numbers its fields differently, hence the version)
+    "autoscaling/v1/HorizontalPodAutoscaler": {1: ("metadata", "ObjectMeta", False),
+                                               2: ("spec", "autoscaling/v1/HorizontalPodAutoscalerSpec", False)},
+    "autoscaling/v1/HorizontalPodAutoscalerSpec": {1: ("scaleTargetRef", "CrossVersionObjectReference", False),
+                                                   2: ("minReplicas", "int", False), 3: ("maxReplicas", "int", False),
+                                                   4: ("targetCPUUtilizationPercentage", "int", False)},
+    "CrossVersionObjectReference": {1: ("kind", "str", False), 2: ("name", "str", False),
+                                    3: ("apiVersion", "str", False)},
     "TokenRequest": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "TokenRequestSpec", False)},
     "TokenRequestSpec": {1: ("audiences", "str", True), 4: ("expirationSeconds", "int", False),
                          3: ("boundObjectRef", "BoundObjectReference", False)},
@@ -216,9 +225,10 @@ def decode(body: bytes) -> dict[str, Any]:
         envelope = {n: v for n, _, v in _Reader(body[len(MAGIC):]).fields()}
         type_meta = {n: v.decode() for n, _, v in _Reader(envelope.get(1, b"")).fields()}
         api_version, kind = type_meta.get(1, ""), type_meta.get(2, "")
-        if kind not in SCHEMAS or "metadata" not in {f[0] for f in SCHEMAS[kind].values()}:
+        schema = f"{api_version}/{kind}" if f"{api_version}/{kind}" in SCHEMAS else kind
+        if schema not in SCHEMAS or "metadata" not in {f[0] for f in SCHEMAS[schema].values()}:
             raise unsupported_media_type(f"{CONTENT_TYPE} (kind {kind or 'unknown'}: send JSON)")
-        obj = decode_message(envelope.get(2, b""), kind)
+        obj = decode_message(envelope.get(2, b""), schema)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"malformed protobuf body: {exc}") from None
     return {"apiVersion": api_version, "kind": kind, **obj}

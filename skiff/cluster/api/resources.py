@@ -32,6 +32,9 @@ class ResourceType:
     create_on_update: bool = False  # PUT of a missing object creates it
     verbs: tuple[str, ...] = VERBS
     stored: bool = True  # False for reviews: computed per request, never kept
+    # Served from another version's storage: objects are kept in that version's form and converted on the way
+    # in and out (``conversion``), as kube-apiserver keeps one storage version per resource.
+    storage_version: str = ""
 
     @property
     def group_version(self) -> str:
@@ -66,8 +69,8 @@ class ResourceType:
 
 
 def _t(group: str, kind: str, plural: str, namespaced: bool = True, short: tuple[str, ...] = (),
-       all_: bool = False, sub: tuple[str, ...] = (), **flags: Any) -> ResourceType:
-    return ResourceType(group, "v1", kind, plural, kind.lower(), namespaced, short, ("all",) if all_ else (), sub,
+       all_: bool = False, sub: tuple[str, ...] = (), version: str = "v1", **flags: Any) -> ResourceType:
+    return ResourceType(group, version, kind, plural, kind.lower(), namespaced, short, ("all",) if all_ else (), sub,
                         **flags)
 
 
@@ -83,6 +86,12 @@ CATALOGUE: tuple[ResourceType, ...] = (
     _t("", "ServiceAccount", "serviceaccounts", short=("sa",), sub=("token",)),
     _t("apps", "Deployment", "deployments", short=("deploy",), all_=True, sub=("status", "scale"), generation=True),
     _t("apps", "ReplicaSet", "replicasets", short=("rs",), all_=True, sub=("status", "scale"), generation=True),
+    # autoscaling/v2 first: the preferred version, and the one kept; v1 (what `kubectl autoscale` 1.32 posts)
+    # is converted to and from it
+    _t("autoscaling", "HorizontalPodAutoscaler", "horizontalpodautoscalers", short=("hpa",), all_=True,
+       sub=("status",), version="v2", generation=True),
+    _t("autoscaling", "HorizontalPodAutoscaler", "horizontalpodautoscalers", short=("hpa",), all_=True,
+       sub=("status",), generation=True, storage_version="v2"),
     _t("coordination.k8s.io", "Lease", "leases", create_on_update=True),
     _t("discovery.k8s.io", "EndpointSlice", "endpointslices"),
     _t("rbac.authorization.k8s.io", "Role", "roles"),
@@ -97,15 +106,21 @@ CATALOGUE: tuple[ResourceType, ...] = (
     ResourceType(METRICS_GROUP, "v1beta1", "NodeMetrics", "nodes", "", False, verbs=("get", "list"), stored=False),
     ResourceType(METRICS_GROUP, "v1beta1", "PodMetrics", "pods", "", True, verbs=("get", "list"), stored=False),
 )
-STORED: tuple[ResourceType, ...] = tuple(t for t in CATALOGUE if t.stored)
+# Each kept resource once, in the version it is kept in (what walks the whole store iterates over)
+STORED: tuple[ResourceType, ...] = tuple(t for t in CATALOGUE if t.stored and not t.storage_version)
 
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {(t.group, t.version, t.plural): t for t in CATALOGUE}
-BY_KIND: dict[tuple[str, str], ResourceType] = {(t.group, t.kind): t for t in CATALOGUE}
+BY_KIND: dict[tuple[str, str], ResourceType] = {(t.group, t.kind): t for t in CATALOGUE if not t.storage_version}
 GROUP_VERSIONS: tuple[tuple[str, str], ...] = tuple(dict.fromkeys((t.group, t.version) for t in CATALOGUE))
 
 
 def lookup(group: str, version: str, plural: str) -> ResourceType | None:
     return BY_PATH.get((group, version, plural))
+
+
+def storage_type(t: ResourceType) -> ResourceType:
+    """The type ``t``'s objects are kept as (``t`` itself unless it is served from another version)."""
+    return BY_PATH[(t.group, t.storage_version, t.plural)] if t.storage_version else t
 
 
 def of_group_version(group: str, version: str) -> list[ResourceType]:

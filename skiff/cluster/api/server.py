@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import ipaddress
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from skiff.cluster.api.auth import (
     bootstrap_policy,
     component_token,
     forbidden_error,
+    reconcile_bootstrap,
 )
 from skiff.cluster.api.cache import WatchCache
 from skiff.cluster.api.certs import ClusterPKI, serving_hosts, write_kubeconfig
@@ -244,7 +247,7 @@ class ApiServer:
         for name in DEFAULT_NAMESPACES:
             await self._ensure(("", "v1", "namespaces"), None, {"metadata": {"name": name}})
         for plural, obj in bootstrap_policy():
-            await self._ensure(("rbac.authorization.k8s.io", "v1", plural), None, obj)
+            await self._ensure(("rbac.authorization.k8s.io", "v1", plural), None, obj, reconcile_bootstrap)
         await self._ensure(("", "v1", "services"), "default", {
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"type": "ClusterIP", "clusterIP": _first_ip(self.config.service_cidr),
@@ -277,11 +280,24 @@ class ApiServer:
                                                              "subsets": subsets})
         await self.registry.update(t, "default", "kubernetes", point, create_missing=create)
 
-    async def _ensure(self, path: tuple[str, str, str], namespace: str | None, obj: dict[str, Any]) -> None:
+    async def _ensure(self, path: tuple[str, str, str], namespace: str | None, obj: dict[str, Any],
+                      reconcile: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any] | None] | None = None
+                      ) -> None:
+        """Create ``obj`` unless it is there already (a restart): then keep what is there, or what ``reconcile``
+        (live, default) makes of it."""
         assert self.registry is not None
         t = BY_PATH[path]
-        with contextlib.suppress(ApiError):  # there already (a restart): keep what is there
-            await self.registry.create(t, namespace, obj)
+        try:
+            await self.registry.create(t, namespace, copy.deepcopy(obj))
+            return
+        except ApiError:
+            if reconcile is None:
+                return
+        live = await self.registry.get(t, namespace, obj["metadata"]["name"])
+        updated = reconcile(live, obj)
+        if updated is not None:
+            await self.registry.update(t, namespace, obj["metadata"]["name"], lambda _live: updated)
+            log.info("bootstrap: %s %s gained what this version adds", path[2], obj["metadata"]["name"])
 
     # Requests ----------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from skiff.cluster.api.autoscaling import default_hpa, validate_hpa
 from skiff.cluster.api.resources import ResourceType
 from skiff.cluster.api.selectors import LabelSelector
 from skiff.cluster.api.status import FieldError
@@ -473,6 +474,7 @@ _DEFAULTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "services": _default_service,
     "secrets": _default_secret,
     "namespaces": _default_namespace,
+    "horizontalpodautoscalers": default_hpa,
 }
 _VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Errors]] = {
     "pods": _validate_pod,
@@ -486,6 +488,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Errors]
     "clusterroles": _validate_role,
     "rolebindings": _validate_binding,
     "clusterrolebindings": _validate_binding,
+    "horizontalpodautoscalers": validate_hpa,
 }
 
 

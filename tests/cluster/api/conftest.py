@@ -51,7 +51,8 @@ class Response:
 class ServerProcess:
     """One ``skiff server`` child process; ``start()`` again after ``kill()`` reuses its data dir."""
 
-    def __init__(self, root: Path, *extra: str, agent: bool = False, controllers: str = "") -> None:
+    def __init__(self, root: Path, *extra: str, agent: bool = False, controllers: str = "",
+                 manager_flags: tuple[str, ...] = ()) -> None:
         self.root = root
         self.data_dir = root / "data"
         self.kubeconfig = root / "kubeconfig"
@@ -63,6 +64,7 @@ class ServerProcess:
         # ``skiff controller-manager --controllers <these>`` beside a server started with --disable-controllers;
         # it outlives a kill() of the server (and reconnects), and stop() ends it too
         self.controllers = controllers
+        self.manager_flags = list(manager_flags)  # more flags for that controller manager
         self.manager: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.token_file.write_text("".join(f'{t},{u},{uid},"{g}"\n' for t, (u, uid, g) in TOKENS.items()))
@@ -96,7 +98,8 @@ class ServerProcess:
 
     def _start_manager(self, env: dict[str, str]) -> None:
         command = [sys.executable, "-m", "skiff.cli.main", "controller-manager", "--kubeconfig",
-                   str(self.data_dir / "cred" / "controller-manager.kubeconfig"), "--controllers", self.controllers]
+                   str(self.data_dir / "cred" / "controller-manager.kubeconfig"), "--controllers", self.controllers,
+                   *self.manager_flags]
         with open(self.root / "controller-manager.log", "ab") as log:
             self.manager = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
                                             cwd=self.root, start_new_session=True)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skiff.cluster.api import protobuf, validation
+from skiff.cluster.api.auth import AUTOUPDATE, CONTROLLER_MANAGER_USER, bootstrap_policy, reconcile_bootstrap
 from skiff.cluster.api.objects import encode
 from skiff.cluster.api.resources import BY_PATH
 from skiff.cluster.api.rest import matches_stored
@@ -148,3 +149,15 @@ def test_request_info(method: str, path: str, watch: bool, expected: tuple) -> N
 def test_non_resource_paths() -> None:
     info = request_info("GET", "/apis/apps", False)
     assert not info.is_resource and info.verb == "get"
+
+
+def test_a_default_role_from_an_older_version_gains_what_the_current_one_adds() -> None:
+    default = next(obj for plural, obj in bootstrap_policy() if obj["metadata"]["name"] == CONTROLLER_MANAGER_USER
+                   and plural == "clusterroles")
+    older = {**default, "rules": default["rules"][1:] + [{"apiGroups": ["x"], "resources": ["y"], "verbs": ["get"]}]}
+    updated = reconcile_bootstrap(older, default)
+    assert updated is not None
+    assert updated["rules"] == older["rules"] + [default["rules"][0]]  # added, nothing taken away
+    assert reconcile_bootstrap(updated, default) is None
+    pinned = {**older, "metadata": {**older["metadata"], "annotations": {AUTOUPDATE: "false"}}}
+    assert reconcile_bootstrap(pinned, default) is None
