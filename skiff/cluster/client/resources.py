@@ -50,9 +50,12 @@ ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "Endpoint
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 REPLICASETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
+HORIZONTAL_POD_AUTOSCALERS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+POD_METRICS = Resource("metrics.k8s.io", "v1beta1", "pods", "PodMetrics")
 
 KNOWN: tuple[Resource, ...] = (PODS, NODES, NAMESPACES, SERVICES, ENDPOINTS, EVENTS, CONFIGMAPS, SECRETS,
-                               SERVICE_ACCOUNTS, ENDPOINT_SLICES, LEASES, DEPLOYMENTS, REPLICASETS)
+                               SERVICE_ACCOUNTS, ENDPOINT_SLICES, LEASES, DEPLOYMENTS, REPLICASETS,
+                               HORIZONTAL_POD_AUTOSCALERS)
 _BY_KIND = {(r.group, r.kind): r for r in KNOWN}
 
 

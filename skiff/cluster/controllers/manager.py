@@ -23,6 +23,7 @@ from skiff.cluster.controllers.namespace import NamespaceController
 from skiff.cluster.controllers.nodeipam import NodeIpamController
 from skiff.cluster.controllers.nodelifecycle import NodeLifecycleController
 from skiff.cluster.controllers.options import ControllerOptions
+from skiff.cluster.controllers.podautoscaler import HorizontalPodAutoscalerController
 from skiff.cluster.controllers.replicaset import ReplicaSetController
 from skiff.cluster.controllers.serviceaccounts import (
     RootCACertPublisher,
@@ -48,6 +49,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "nodelifecycle": NodeLifecycleController,
     "taint-eviction-controller": TaintEvictionController,
     "servicelb": ServiceLBController,
+    "horizontalpodautoscaling": HorizontalPodAutoscalerController,
 }
 USER_AGENT = "skiff-controller-manager/0.1"
 

@@ -27,6 +27,10 @@ class ControllerOptions:
     secondary_node_eviction_rate: float = 0.01  # the same when most of a large zone is down
     large_cluster_size_threshold: int = 50  # a zone this small stops tainting when most of it is down
     unhealthy_zone_threshold: float = 0.55  # share of not-Ready nodes (and at least 3) that makes a zone unhealthy
+    # horizontal pod autoscaling (kube's flags of the same names, and their defaults)
+    horizontal_pod_autoscaler_sync_period: float = 15.0  # seconds between two looks at each autoscaler
+    horizontal_pod_autoscaler_tolerance: float = 0.1  # a usage this close to the target (as a ratio) is on target
+    horizontal_pod_autoscaler_downscale_stabilization: float = 300.0  # seconds of proposals a scale-down waits on
 
     def check(self) -> None:
         for name in ("node_monitor_period", "node_monitor_grace_period", "node_startup_grace_period"):
@@ -37,6 +41,11 @@ class ControllerOptions:
                 raise InvalidArgument(f"--{name.replace('_', '-')} must not be negative")
         if not 0 < self.unhealthy_zone_threshold <= 1:
             raise InvalidArgument("--unhealthy-zone-threshold must be in (0, 1]")
+        if self.horizontal_pod_autoscaler_sync_period <= 0:
+            raise InvalidArgument("--horizontal-pod-autoscaler-sync-period must be positive")
+        for name in ("horizontal_pod_autoscaler_tolerance", "horizontal_pod_autoscaler_downscale_stabilization"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"--{name.replace('_', '-')} must not be negative")
 
 
 # The flags both commands take (the IPAM fields are filled from ``skiff server``'s --cluster-cidr).
@@ -48,6 +57,9 @@ _FLAGS = {
     "secondary_node_eviction_rate": "nodes a second given NoExecute taints per zone (unhealthy large zone)",
     "large_cluster_size_threshold": "zones with more nodes than this keep tainting at the secondary rate",
     "unhealthy_zone_threshold": "share of NotReady nodes that makes a zone unhealthy",
+    "horizontal_pod_autoscaler_sync_period": "seconds between two looks at each horizontal pod autoscaler",
+    "horizontal_pod_autoscaler_tolerance": "how far (as a ratio) usage may be from the target before scaling",
+    "horizontal_pod_autoscaler_downscale_stabilization": "seconds of recent proposals a scale-down waits on",
 }
 
 
