@@ -163,3 +163,20 @@ def test_top_without_figures_says_what_kubectl_says(clients: Clients) -> None:
         ours, theirs = clients.skiff("top", what, check=False), clients.kubectl("top", what, check=False)
         assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr)
     assert "metrics not available yet" in theirs.stderr
+
+
+def test_autoscale_makes_the_same_autoscaler(clients: Clients) -> None:
+    """skiff kubectl posts autoscaling/v2 (as kubectl 1.33 does), kubectl 1.32 autoscaling/v1: the same object."""
+    same_text(*run_both(clients, "autoscale", "deployment/{}", "--min=2", "--max=4", "--cpu-percent=60"))
+    try:
+        ours, theirs = (get(clients, "hpa", name) for name in TWINS)
+        assert json.loads(json.dumps(ours["spec"]).replace("web-s", "web-k")) == theirs["spec"]
+        assert theirs["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
+        ours, theirs = run_both(clients, "get", "hpa", "{}")
+        assert [line.split()[:-1] for line in ours.stdout.replace("web-s", "web-X").splitlines()] == \
+            [line.split()[:-1] for line in theirs.stdout.replace("web-k", "web-X").splitlines()]  # all but AGE
+        assert "cpu: <unknown>/60%" in theirs.stdout  # hollow nodes have no figures
+    finally:
+        for name in TWINS:
+            clients.kubectl("delete", "hpa", name)
+    same_text(*run_both(clients, "autoscale", "deployment/nosuch", "--max=3", check=False))

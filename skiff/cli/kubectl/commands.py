@@ -492,6 +492,7 @@ _VERB_HELP = {
     "set": "set image: change containers' images", "logs": "print a container's logs",
     "exec": "run a command in a container", "port-forward": "forward local ports to a pod",
     "top": "resource usage (needs the metrics API)",
+    "autoscale": "make a HorizontalPodAutoscaler for a workload",
 }
 
 
@@ -563,7 +564,7 @@ def verb_parser(verb: str) -> argparse.ArgumentParser:
         sub.set_defaults(function=scale)
         sub.add_argument("resources", nargs="+")
         sub.add_argument("--replicas", type=int)
-    elif verb in ("expose", "rollout", "set", "logs", "exec", "port-forward", "top"):
+    elif verb in ("expose", "rollout", "set", "logs", "exec", "port-forward", "top", "autoscale"):
         _pod_and_workload_verbs(sub, verb)
     else:
         field, done = ("labels", "labeled") if verb == "label" else ("annotations", "annotated")
@@ -586,6 +587,13 @@ def _pod_and_workload_verbs(sub: argparse.ArgumentParser, verb: str) -> None:
         sub.add_argument("--cluster-ip")
         sub.add_argument("--session-affinity")
         sub.add_argument("--external-ip")
+    elif verb == "autoscale":
+        sub.set_defaults(function=_namespaced(workloads.autoscale))
+        sub.add_argument("resources", nargs="+", metavar="TYPE/NAME | TYPE NAME")
+        sub.add_argument("--min", type=int, help="the fewest replicas (default: 1)")
+        sub.add_argument("--max", type=int, default=-1, help="the most replicas (required)")
+        sub.add_argument("--cpu-percent", type=int, help="target average CPU use, as a percentage of requests")
+        sub.add_argument("--name", help="the autoscaler's name (default: the workload's)")
     elif verb == "rollout":
         sub.set_defaults(function=_namespaced(workloads.rollout))
         sub.add_argument("action", metavar="status|history|undo|restart|pause|resume")

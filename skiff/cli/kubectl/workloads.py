@@ -81,6 +81,37 @@ def expose(args: argparse.Namespace, client: Client, namespace: str, out: TextIO
     return 0
 
 
+# --- autoscale ------------------------------------------------------------------------------------------
+
+SCALABLE = ("Deployment", "ReplicaSet", "StatefulSet", "ReplicationController")
+
+
+def autoscale(args: argparse.Namespace, client: Client, namespace: str, out: TextIO, err: TextIO) -> int:
+    """An autoscaling/v2 HorizontalPodAutoscaler for one scalable workload (kubectl 1.33's form; 1.32 posts
+    the same in autoscaling/v1)."""
+    resource, name = one_target(client, args.resources)
+    if resource.kind not in SCALABLE:
+        raise WorkloadError(f"cannot autoscale a {resource.kind}: only {', '.join(SCALABLE)}")
+    if args.max < 1:
+        raise WorkloadError("--max=MAXPODS is required and must be at least 1")
+    if args.min is not None and args.min > args.max:
+        raise WorkloadError(f"--max={args.max} must be larger or equal to --min={args.min}")
+    client.request("GET", resource.path(namespace, name))  # the target must exist, as kubectl checks
+    spec: dict[str, Any] = {"scaleTargetRef": {"apiVersion": resource.api_version, "kind": resource.kind,
+                                               "name": name}, "maxReplicas": args.max}
+    if args.min is not None:
+        spec["minReplicas"] = args.min
+    if args.cpu_percent is not None and args.cpu_percent >= 0:
+        spec["metrics"] = [{"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": args.cpu_percent}}}]
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+           "metadata": {"name": args.name or name}, "spec": spec}
+    client.request("POST", f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers", body=hpa,
+                   query={"fieldManager": "kubectl-autoscale"})
+    out.write(f"horizontalpodautoscaler.autoscaling/{hpa['metadata']['name']} autoscaled\n")
+    return 0
+
+
 def selector_of(obj: dict[str, Any]) -> dict[str, str]:
     kind = obj.get("kind")
     spec = obj.get("spec") or {}

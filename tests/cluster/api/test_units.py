@@ -154,7 +154,7 @@ def test_non_resource_paths() -> None:
 def test_a_default_role_from_an_older_version_gains_what_the_current_one_adds() -> None:
     default = next(obj for plural, obj in bootstrap_policy() if obj["metadata"]["name"] == CONTROLLER_MANAGER_USER
                    and plural == "clusterroles")
-    older = {**default, "rules": default["rules"][1:] + [{"apiGroups": ["x"], "resources": ["y"], "verbs": ["get"]}]}
+    older = {**default, "rules": [*default["rules"][1:], {"apiGroups": ["x"], "resources": ["y"], "verbs": ["get"]}]}
     updated = reconcile_bootstrap(older, default)
     assert updated is not None
     assert updated["rules"] == older["rules"] + [default["rules"][0]]  # added, nothing taken away
