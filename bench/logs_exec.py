@@ -6,6 +6,8 @@ the same engine (the same containers, no API server or kubelet in between).
 1. exec round trip: `kubectl exec P -- true` vs `docker exec C true`, p50 and p90 of `--runs` runs each.
 2. logs: `kubectl logs P -c big` vs `docker logs C` of a container that wrote `--megabytes` MB (MB/s).
 3. exec stdin: `kubectl exec -i P -- wc -c` vs `docker exec -i C wc -c` with `--megabytes` MB piped in (MB/s).
+4. resource use: `kubectl top pod P --containers` (the metrics API, from the kubelet's last readings) vs
+   `docker stats --no-stream C C` (two samples the engine takes on the spot), p50 of `--runs` runs each.
 
 A private `skiff engine` (the test fixtures' `Engines`: its own roots, socket, bridge and address block), a
 `skiff server` and a `skiff agent` serving its kubelet API on 127.0.0.1 with a CA-signed certificate (as in
@@ -136,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         assert out.strip() == str(size).encode(), out
         docker_in, out = timed([DOCKER, "exec", "-i", ids["sh"], "wc", "-c"], docker_env, payload)
         rows.append(("exec stdin (MB/s)", size / 1e6 / kube_in, size / 1e6 / docker_in))
+        top = [*kubectl, "top", "pod", "bench", "--containers"]
+        timed(top, kube_env)  # the kubelet's first pair of readings
+        kube_top = [timed(top, kube_env)[0] for _ in range(args.runs)]
+        docker_top = [timed([DOCKER, "stats", "--no-stream", ids["sh"], ids["big"]], docker_env)[0]
+                      for _ in range(args.runs)]
+        rows.append(("top / stats p50 (ms)", 1000 * statistics.median(kube_top), 1000 * statistics.median(docker_top)))
 
         print(f"{'':28} {'kubectl via skiff':>18} {'docker CLI':>12} {'ratio':>7}")
         for label, kube, docker in rows:

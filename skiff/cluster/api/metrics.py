@@ -1,9 +1,9 @@
 """``metrics.k8s.io/v1beta1`` (NodeMetrics, PodMetrics): what ``kubectl top`` reads, served by the API server
 itself from the kubelets' ``/stats/summary`` (metrics-server's job, which k3s ships by default).
 
-Figures are gathered per request from every node that has pods or was asked for (in parallel, a few seconds
-at most per kubelet; an unreachable kubelet's node and pods are left out, as metrics-server leaves out what it
-could not scrape). Selection follows the request: a namespace, a name (404 when it has no metrics, kube's
+Figures are gathered per request from every node that has pods or was asked for (in parallel; each kubelet
+answers from its last readings, so only the first request to a node waits a second for a pair; an unreachable
+kubelet's node and pods are left out, as metrics-server leaves out what it could not scrape). Selection follows the request: a namespace, a name (404 when it has no metrics, kube's
 message), and ``labelSelector`` over the pods' or nodes' own labels.
 """
 
@@ -23,7 +23,7 @@ from skiff.cluster.api.status import ApiError
 
 log = logging.getLogger(__name__)
 API_VERSION = f"{METRICS_GROUP}/v1beta1"
-WINDOW = "1s"  # each figure is a rate over about a second (the engine's two stats samples)
+WINDOW = "10s"  # each CPU figure is a rate between two kubelet readings, its --housekeeping-interval apart
 NODES, PODS = BY_PATH[("", "v1", "nodes")], BY_PATH[("", "v1", "pods")]
 
 

@@ -60,6 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--backoff-max", type=float, default=300.0, help="CrashLoopBackOff's longest delay (s)")
     parser.add_argument("--lease-interval", type=float, default=10.0, help="seconds between Lease renewals")
     parser.add_argument("--resync-interval", type=float, default=10.0, help="seconds between full resyncs")
+    parser.add_argument("--housekeeping-interval", type=float, default=10.0,
+                        help="seconds between two readings of the containers' CPU and memory (kubectl top, HPA)")
     parser.add_argument("--disable-proxy", action="store_true", help="run no Service proxy (and no cluster DNS)")
     parser.add_argument("--proxy-table", default=DEFAULT_TABLE, help="the proxy's nftables table (family ip)")
     parser.add_argument("--cluster-dns", help="the cluster DNS's ClusterIP (10.43.0.10): serve DNS on this node, "
@@ -87,7 +89,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--cluster-dns {args.cluster_dns}: {exc}")
     except InvalidArgument as exc:
         parser.error(str(exc))
-    for name in ("backoff_base", "backoff_max", "lease_interval", "resync_interval"):
+    for name in ("backoff_base", "backoff_max", "lease_interval", "resync_interval", "housekeeping_interval"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     return args
@@ -128,7 +130,7 @@ def options(args: argparse.Namespace) -> KubeletOptions:
                           backoff_base=args.backoff_base, backoff_max=args.backoff_max,
                           lease_interval=args.lease_interval, resync_interval=args.resync_interval,
                           pod_cidr=args.pod_cidr, serving=serving(args), cluster_dns=args.cluster_dns,
-                          cluster_domain=args.cluster_domain)
+                          cluster_domain=args.cluster_domain, housekeeping_interval=args.housekeeping_interval)
 
 
 def node_services(args: argparse.Namespace) -> NodeServiceOptions | None:

@@ -56,6 +56,7 @@ class KubeletOptions:
     serving: ServingOptions | None = None  # the kubelet API (logs, exec); None serves none
     cluster_dns: str | None = None  # the pods' nameserver (dnsPolicy ClusterFirst); None: the node's resolv.conf
     cluster_domain: str = "cluster.local"
+    housekeeping_interval: float = 10.0  # seconds between two readings of the containers' resource use
 
 
 class Kubelet:
@@ -77,7 +78,8 @@ class Kubelet:
         if options.serving is not None:
             self.server = KubeletServer(self.runtime, options.node_name, self.identity.address,
                                         lambda namespace, name: self.pods.get_by_key(f"{namespace}/{name}"),
-                                        options.serving, options.data_dir, self.pods.list)
+                                        options.serving, options.data_dir, self.pods.list,
+                                        options.housekeeping_interval)
         self._tasks: list[asyncio.Task[Any]] = []
 
     # --- life ---------------------------------------------------------------------------------------------------

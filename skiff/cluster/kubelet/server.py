@@ -81,7 +81,8 @@ class ServingOptions:
 
 class KubeletServer:
     def __init__(self, runtime: EngineRuntime, node_name: str, node_ip: str, pods: PodLookup,
-                 options: ServingOptions, data_dir: Path, list_pods: Callable[[], list[dict[str, Any]]]) -> None:
+                 options: ServingOptions, data_dir: Path, list_pods: Callable[[], list[dict[str, Any]]],
+                 housekeeping_interval: float = stats.HOUSEKEEPING_INTERVAL) -> None:
         self.runtime = runtime
         self.node_name = node_name
         self.node_ip = node_ip
@@ -90,6 +91,7 @@ class KubeletServer:
         self.options = options
         self.data_dir = data_dir
         self.engine = EngineStreams(runtime.base_url)
+        self.sampler = stats.StatsSampler(runtime, node_name, housekeeping_interval)
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -117,6 +119,7 @@ class KubeletServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.sampler.stop()
         await self.engine.close()
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -214,7 +217,7 @@ class KubeletServer:
         return ws
 
     async def _stats_summary(self, _request: web.Request) -> web.Response:
-        return web.json_response(await stats.summary(self.runtime, self.node_name))
+        return web.json_response(await self.sampler.summary())
 
     async def _port_forward(self, request: web.Request) -> web.StreamResponse:
         namespace, pod_name = request.match_info["namespace"], request.match_info["pod"]

@@ -63,6 +63,7 @@ class AgentProcess:
                 "--node-name", NODE, "--node-ip", "127.0.0.1", "--data-dir", str(self.data_dir),
                 "--engine", self.engine.host, "--pause-image", IMAGE, "--pause-command", "sleep 2147483647",
                 "--backoff-base", "1", "--backoff-max", "8", "--lease-interval", "1", "--resync-interval", "2",
+                "--housekeeping-interval", "2",
                 "--log-level", "info", "--address", "127.0.0.1", "--kubelet-port", "0", "--disable-proxy"]
 
     def start(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.api.conftest import REPO, KubectlRun, ServerProcess, kubectl  # noqa: F401 - a fixture
-from tests.cluster.kubelet.conftest import NODE, AgentProcess, Api, pod_manifest, wait_pod
+from tests.cluster.kubelet.conftest import NODE, AgentProcess, Api, pod_manifest, wait_for, wait_pod
 from tests.cluster.kubelet.test_logs_exec import agent, create  # noqa: F401 - a fixture (its own agent here)
 from tests.cluster.kubelet.test_logs_exec import running as ready
 
@@ -78,3 +78,14 @@ def test_skiff_kubectl_top_lays_out_what_kubectl_does(pods: list[str], kubectl: 
         mine = ours.stdout.splitlines()
         assert mine[0].split() == theirs[0].split()
         assert sorted(line.split()[0] for line in mine[1:]) == sorted(line.split()[0] for line in theirs[1:])
+
+
+def test_figures_come_from_the_kubelets_last_readings(pods: list[str], api: Api) -> None:
+    """The kubelet reads its containers every --housekeeping-interval (2 s here) and answers from the last two
+    readings: asked again at once, a spinning pod's figure is the same; after the interval it is a new one."""
+    def usage() -> str:
+        return api("GET", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/spin")["containers"][0]["usage"]["cpu"]
+    # (two fresh measurements of a spinning CPU are never equal to the nanocore; a reading may fall between
+    # the two requests, hence a few tries)
+    first = wait_for(lambda: (a := usage()) == usage() and a, timeout=10, interval=0.1)
+    wait_for(lambda: usage() != first, timeout=10, interval=0.5)
