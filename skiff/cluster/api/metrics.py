@@ -3,8 +3,9 @@ itself from the kubelets' ``/stats/summary`` (metrics-server's job, which k3s sh
 
 Figures are gathered per request from every node that has pods or was asked for (in parallel; each kubelet
 answers from its last readings, so only the first request to a node waits a second for a pair; an unreachable
-kubelet's node and pods are left out, as metrics-server leaves out what it could not scrape). Selection follows the request: a namespace, a name (404 when it has no metrics, kube's
-message), and ``labelSelector`` over the pods' or nodes' own labels.
+kubelet's node and pods are left out, as metrics-server leaves out what it could not scrape). Selection follows
+the request: a namespace, a name (404 when it has no metrics, kube's message), and ``labelSelector`` over the
+pods' or nodes' own labels.
 """
 
 from __future__ import annotations
