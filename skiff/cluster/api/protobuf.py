@@ -101,6 +101,11 @@ SCHEMAS: dict[str, F] = {
     "NonResourceAttributes": {1: ("path", "str", False), 2: ("verb", "str", False)},
     "SelfSubjectReview": {1: ("metadata", "ObjectMeta", False)},
     # `kubectl create token` (authentication.k8s.io/v1)
+    "Job": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "JobSpec", False)},
+    "JobSpec": {1: ("parallelism", "int", False), 2: ("completions", "int", False),
+                3: ("activeDeadlineSeconds", "int", False), 4: ("selector", "LabelSelector", False),
+                5: ("manualSelector", "bool", False), 6: ("template", "PodTemplateSpec", False),
+                7: ("backoffLimit", "int", False)},
     # `kubectl autoscale` (1.32): autoscaling/v1 (v2's spec numbers its fields differently, hence the version)
     "autoscaling/v1/HorizontalPodAutoscaler": {1: ("metadata", "ObjectMeta", False),
                                                2: ("spec", "autoscaling/v1/HorizontalPodAutoscalerSpec", False)},

@@ -51,11 +51,12 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 REPLICASETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
 HORIZONTAL_POD_AUTOSCALERS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+JOBS = Resource("batch", "v1", "jobs", "Job")
 POD_METRICS = Resource("metrics.k8s.io", "v1beta1", "pods", "PodMetrics")
 
 KNOWN: tuple[Resource, ...] = (PODS, NODES, NAMESPACES, SERVICES, ENDPOINTS, EVENTS, CONFIGMAPS, SECRETS,
                                SERVICE_ACCOUNTS, ENDPOINT_SLICES, LEASES, DEPLOYMENTS, REPLICASETS,
-                               HORIZONTAL_POD_AUTOSCALERS)
+                               HORIZONTAL_POD_AUTOSCALERS, JOBS)
 _BY_KIND = {(r.group, r.kind): r for r in KNOWN}
 
 

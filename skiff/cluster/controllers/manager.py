@@ -19,6 +19,7 @@ from skiff.cluster.controllers.deployment import DeploymentController
 from skiff.cluster.controllers.endpoints import EndpointsController
 from skiff.cluster.controllers.endpointslice import EndpointSliceController
 from skiff.cluster.controllers.garbagecollector import GarbageCollector
+from skiff.cluster.controllers.job import JobController
 from skiff.cluster.controllers.namespace import NamespaceController
 from skiff.cluster.controllers.nodeipam import NodeIpamController
 from skiff.cluster.controllers.nodelifecycle import NodeLifecycleController
@@ -50,6 +51,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "taint-eviction-controller": TaintEvictionController,
     "servicelb": ServiceLBController,
     "horizontalpodautoscaling": HorizontalPodAutoscalerController,
+    "job": JobController,
 }
 USER_AGENT = "skiff-controller-manager/0.1"
 
