@@ -200,7 +200,8 @@ _CONTROLLED = ["pods", "pods/status", "replicasets", "replicasets/status", "repl
                "deployments/status", "deployments/scale", "events", "endpoints", "endpointslices", "services",
                "services/status", "serviceaccounts", "serviceaccounts/token", "secrets", "configmaps", "namespaces",
                "namespaces/status", "namespaces/finalize", "nodes", "nodes/status", "leases",
-               "horizontalpodautoscalers", "horizontalpodautoscalers/status", "jobs", "jobs/status"]
+               "horizontalpodautoscalers", "horizontalpodautoscalers/status", "jobs", "jobs/status",
+               "cronjobs", "cronjobs/status"]
 _WORKLOAD_GROUPS = ["", "apps", "autoscaling", "batch", "coordination.k8s.io", "discovery.k8s.io"]
 
 
@@ -208,7 +209,8 @@ def bootstrap_policy() -> list[tuple[str, Obj]]:
     """``(plural, object)`` for each default ClusterRole and ClusterRoleBinding."""
     workloads = ["pods", "services", "endpoints", "configmaps", "secrets", "events", "serviceaccounts",
                  "deployments", "deployments/scale", "replicasets", "replicasets/scale", "leases", "endpointslices",
-                 "pods/log", "pods/exec", "pods/attach", "pods/portforward", "horizontalpodautoscalers", "jobs"]
+                 "pods/log", "pods/exec", "pods/attach", "pods/portforward", "horizontalpodautoscalers", "jobs",
+                 "cronjobs"]
     return [
         ("clusterroles", _role("cluster-admin", [{"apiGroups": _ALL, "resources": _ALL, "verbs": _ALL},
                                                  {"nonResourceURLs": _ALL, "verbs": _ALL}])),

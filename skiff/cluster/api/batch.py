@@ -1,4 +1,4 @@
-"""Job (``batch/v1``): the defaults and checks kube-apiserver applies.
+"""Job and CronJob (``batch/v1``): the defaults and checks kube-apiserver applies.
 
 A new Job gets its selector made for it (unless ``manualSelector``): its uid under
 ``batch.kubernetes.io/controller-uid``, with that label and ``batch.kubernetes.io/job-name`` (and their legacy
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from skiff.cluster import cron
 from skiff.cluster.api.selectors import LabelSelector
 from skiff.cluster.api.status import FieldError
+from skiff.errors import InvalidArgument
 
 Errors = list[FieldError]
 CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
@@ -104,4 +106,67 @@ def _selector_errors(obj: dict[str, Any], spec: dict[str, Any], template: dict[s
     if not LabelSelector.from_label_selector(selector).matches(labels):
         errors.append(FieldError("spec.template.metadata.labels", "Invalid",
                                  "`selector` does not match template `labels`", labels))
+    return errors
+
+
+# CronJob ------------------------------------------------------------------------------------------------------
+
+CONCURRENCY_POLICIES = ("Allow", "Forbid", "Replace")
+MAX_CRONJOB_NAME = 52  # its Jobs are named <cronjob>-<minutes since the epoch>, within 63 characters
+
+
+def default_cronjob(obj: dict[str, Any], default_pod_spec: Any) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("concurrencyPolicy", "Allow")
+    spec.setdefault("suspend", False)
+    spec.setdefault("successfulJobsHistoryLimit", 3)
+    spec.setdefault("failedJobsHistoryLimit", 1)
+    template = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") \
+        if isinstance(spec.get("jobTemplate"), dict) else None
+    if isinstance(template, dict) and isinstance(template.get("spec"), dict):
+        default_pod_spec(template["spec"])
+    obj.setdefault("status", {})
+
+
+def validate_cronjob(obj: dict[str, Any], old: dict[str, Any] | None, validate_pod_spec: Any) -> Errors:
+    errors: Errors = []
+    name = (obj.get("metadata") or {}).get("name") or ""
+    if len(name) > MAX_CRONJOB_NAME:
+        errors.append(FieldError("metadata.name", "Invalid", f"must be no more than {MAX_CRONJOB_NAME} characters",
+                                 name))
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [*errors, FieldError("spec", "Required")]
+    schedule = spec.get("schedule")
+    if not schedule:
+        errors.append(FieldError("spec.schedule", "Required"))
+    else:
+        try:
+            cron.parse(schedule, spec.get("timeZone"))
+        except InvalidArgument as exc:
+            zone_wrong = "time zone" in str(exc)
+            errors.append(FieldError("spec.timeZone" if zone_wrong else "spec.schedule", "Invalid", str(exc),
+                                     spec.get("timeZone") if zone_wrong else schedule))
+    if spec.get("concurrencyPolicy") not in CONCURRENCY_POLICIES:
+        errors.append(FieldError("spec.concurrencyPolicy", "NotSupported",
+                                 'supported values: "Allow", "Forbid", "Replace"', spec.get("concurrencyPolicy")))
+    for field in ("startingDeadlineSeconds", "successfulJobsHistoryLimit", "failedJobsHistoryLimit"):
+        value = spec.get(field)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            errors.append(FieldError(f"spec.{field}", "Invalid", "must be greater than or equal to 0", value))
+    job_template = spec.get("jobTemplate")
+    job_spec = job_template.get("spec") if isinstance(job_template, dict) else None
+    template = job_spec.get("template") if isinstance(job_spec, dict) else None
+    if not isinstance(template, dict):
+        return [*errors, FieldError("spec.jobTemplate.spec.template", "Required")]
+    pod_spec = template.get("spec") if isinstance(template.get("spec"), dict) else {}
+    policy = pod_spec.get("restartPolicy")
+    if policy not in RESTART_POLICIES:
+        errors.append(FieldError("spec.jobTemplate.spec.template.spec.restartPolicy",
+                                 "Required" if not policy else "NotSupported",
+                                 'supported values: "OnFailure", "Never"' if policy else
+                                 'valid values: "OnFailure", "Never"', policy))
+    errors += validate_pod_spec(template.get("spec"), "spec.jobTemplate.spec.template.spec")
     return errors

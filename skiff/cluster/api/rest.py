@@ -223,7 +223,7 @@ class Registry:
         m["creationTimestamp"] = now_rfc3339()
         if t.generation:
             m["generation"] = 1
-        if t.has_status and t.plural in ("pods", "deployments", "replicasets", "services", "jobs",
+        if t.has_status and t.plural in ("pods", "deployments", "replicasets", "services", "jobs", "cronjobs",
                                          "horizontalpodautoscalers"):
             obj.pop("status", None)  # status is the controllers' and kubelets' to write
         validation.default(t, obj)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from skiff.cluster.api.autoscaling import default_hpa, validate_hpa
-from skiff.cluster.api.batch import default_job, validate_job
+from skiff.cluster.api.batch import default_cronjob, default_job, validate_cronjob, validate_job
 from skiff.cluster.api.resources import ResourceType
 from skiff.cluster.api.selectors import LabelSelector
 from skiff.cluster.api.status import FieldError
@@ -477,6 +477,7 @@ _DEFAULTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "namespaces": _default_namespace,
     "horizontalpodautoscalers": default_hpa,
     "jobs": lambda o: default_job(o, default_pod_spec),
+    "cronjobs": lambda o: default_cronjob(o, default_pod_spec),
 }
 _VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Errors]] = {
     "pods": _validate_pod,
@@ -492,6 +493,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Errors]
     "clusterrolebindings": _validate_binding,
     "horizontalpodautoscalers": validate_hpa,
     "jobs": lambda o, old: validate_job(o, old, validate_pod_spec),
+    "cronjobs": lambda o, old: validate_cronjob(o, old, validate_pod_spec),
 }
 
 
