@@ -22,7 +22,7 @@ LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME = "controller-uid", "job-name"
 RESTART_POLICIES = ("OnFailure", "Never")
 
 
-def default_job(obj: dict[str, Any], default_pod_spec: Any) -> None:
+def default_job(obj: dict[str, Any], default_pod_template: Any) -> None:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         return
@@ -33,11 +33,7 @@ def default_job(obj: dict[str, Any], default_pod_spec: Any) -> None:
     spec.setdefault("completionMode", "NonIndexed")
     spec.setdefault("suspend", False)
     spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
-    template = spec.get("template")
-    if isinstance(template, dict):
-        template.setdefault("metadata", {})
-        if isinstance(template.get("spec"), dict):
-            default_pod_spec(template["spec"])
+    default_pod_template(spec.get("template"))
     if not spec.get("manualSelector"):
         _generate_selector(obj, spec)
     obj.setdefault("status", {})
@@ -115,7 +111,7 @@ CONCURRENCY_POLICIES = ("Allow", "Forbid", "Replace")
 MAX_CRONJOB_NAME = 52  # its Jobs are named <cronjob>-<minutes since the epoch>, within 63 characters
 
 
-def default_cronjob(obj: dict[str, Any], default_pod_spec: Any) -> None:
+def default_cronjob(obj: dict[str, Any], default_pod_template: Any) -> None:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         return
@@ -123,10 +119,10 @@ def default_cronjob(obj: dict[str, Any], default_pod_spec: Any) -> None:
     spec.setdefault("suspend", False)
     spec.setdefault("successfulJobsHistoryLimit", 3)
     spec.setdefault("failedJobsHistoryLimit", 1)
-    template = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") \
-        if isinstance(spec.get("jobTemplate"), dict) else None
-    if isinstance(template, dict) and isinstance(template.get("spec"), dict):
-        default_pod_spec(template["spec"])
+    job_template = spec.get("jobTemplate")
+    job_spec = job_template.get("spec") if isinstance(job_template, dict) else None
+    if isinstance(job_spec, dict):
+        default_pod_template(job_spec.get("template"))
     obj.setdefault("status", {})
 
 

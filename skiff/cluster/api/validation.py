@@ -254,12 +254,16 @@ def _default_workload(obj: dict[str, Any], deployment: bool) -> None:
                 rolling = strategy.setdefault("rollingUpdate", {})
                 rolling.setdefault("maxUnavailable", "25%")
                 rolling.setdefault("maxSurge", "25%")
-    template = spec.get("template")
+    default_pod_template(spec.get("template"))
+    obj.setdefault("status", {})
+
+
+def default_pod_template(template: Any) -> None:
+    """A workload's pod template: metadata present, the pod spec defaulted."""
     if isinstance(template, dict):
         template.setdefault("metadata", {})
         if isinstance(template.get("spec"), dict):
             default_pod_spec(template["spec"])
-    obj.setdefault("status", {})
 
 
 def _validate_workload(obj: dict[str, Any], old: dict[str, Any] | None) -> Errors:
@@ -476,8 +480,8 @@ _DEFAULTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "secrets": _default_secret,
     "namespaces": _default_namespace,
     "horizontalpodautoscalers": default_hpa,
-    "jobs": lambda o: default_job(o, default_pod_spec),
-    "cronjobs": lambda o: default_cronjob(o, default_pod_spec),
+    "jobs": lambda o: default_job(o, default_pod_template),
+    "cronjobs": lambda o: default_cronjob(o, default_pod_template),
 }
 _VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Errors]] = {
     "pods": _validate_pod,

@@ -32,7 +32,7 @@ from skiff.cluster.client import (
 from skiff.cluster.controllers.claims import CONTROLLER_UID_INDEX, index_owned
 from skiff.cluster.controllers.events import EventRecorder
 from skiff.cluster.controllers.job import finished
-from skiff.cluster.controllers.objects import Obj, controller_ref, owner_reference, parse_time
+from skiff.cluster.controllers.objects import Obj, controller_ref, owner_reference, parse_time, write_status
 from skiff.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class CronJobController(Controller):
         await self._clean_up(cronjob, jobs)
         if not cronjob["spec"].get("suspend"):
             await self._schedule(key, cronjob, jobs, status)
-        await self._write_status(cronjob, status)
+        await write_status(self.client, CRONJOBS, cronjob, status)
 
     # --- the Jobs it has ------------------------------------------------------------------------------------
 
@@ -161,15 +161,6 @@ class CronJobController(Controller):
             self.events.normal(cronjob, "SuccessfulCreate", f"Created job {made['metadata']['name']}")
             status["active"] = [*status.get("active", []), _reference(made)]
         status["lastScheduleTime"] = scheduled.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    async def _write_status(self, cronjob: Obj, status: Obj) -> None:
-        if status == (cronjob.get("status") or {}):
-            return
-        try:
-            await self.client.replace_status(CRONJOBS, {**cronjob, "status": status})
-        except ApiStatusError as exc:
-            if not exc.not_found:
-                raise
 
 
 def job_from_cronjob(cronjob: Obj, scheduled: datetime.datetime) -> Obj:

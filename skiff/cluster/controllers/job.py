@@ -45,6 +45,7 @@ from skiff.cluster.controllers.objects import (
     owner_reference,
     parse_time,
     restart_count,
+    write_status,
 )
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class JobController(Controller):
             return  # the pods it made or deleted are on their way to the cache: it syncs again when they land
         pods = self.pods.by_index(CONTROLLER_UID_INDEX, job["metadata"]["uid"])
         status = await self._reconcile(key, job, pods)
-        await self._write_status(job, status)
+        await write_status(self.client, JOBS, job, status)
 
     async def _reconcile(self, key: str, job: Obj, pods: list[Obj]) -> Obj:
         spec, old = job["spec"], job.get("status") or {}
@@ -253,15 +254,6 @@ class JobController(Controller):
         return len(pods)
 
     # --- status and expiry ------------------------------------------------------------------------------------
-
-    async def _write_status(self, job: Obj, status: Obj) -> None:
-        if status == (job.get("status") or {}):
-            return
-        try:
-            await self.client.replace_status(JOBS, {**job, "status": status})
-        except ApiStatusError as exc:
-            if not exc.not_found:
-                raise  # a conflict: retried on the fresher Job the cache will hold
 
     async def _expire(self, key: str, job: Obj) -> None:
         """``ttlSecondsAfterFinished``: delete the finished Job (its pods go with it) once its time is up."""

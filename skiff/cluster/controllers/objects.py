@@ -1,4 +1,4 @@
-"""Helpers over API objects as dicts: owner references, pod state, timestamps.
+"""Helpers over API objects as dicts: owner references, pod state, timestamps, status writes.
 
 Kept here so that the controllers read the same facts the same way (kube's controller_utils and podutil).
 """
@@ -6,9 +6,28 @@ Kept here so that the controllers read the same facts the same way (kube's contr
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from skiff.cluster.client import ApiClient, Resource
 
 Obj = dict[str, Any]
+
+
+async def write_status(client: ApiClient, res: Resource, obj: Obj, status: Obj, tolerate: tuple[int, ...] = (404,)
+                       ) -> None:
+    """PUT ``status`` through ``res``'s status subresource unless the object already has it. A ``tolerate``d
+    error (404: the object went meanwhile) is dropped; any other (a 409: it changed since the cache saw it)
+    is raised, and the controller retries on the fresher object its cache will hold."""
+    from skiff.cluster.client import ApiStatusError
+
+    if status == (obj.get("status") or {}):
+        return
+    try:
+        await client.replace_status(res, {**obj, "status": status})
+    except ApiStatusError as exc:
+        if exc.status_code not in tolerate:
+            raise
 
 
 def now_rfc3339() -> str:

@@ -34,7 +34,7 @@ from skiff.cluster.client import (
 )
 from skiff.cluster.controllers import replica_calculator as calc
 from skiff.cluster.controllers.events import EventRecorder
-from skiff.cluster.controllers.objects import Obj, now_rfc3339
+from skiff.cluster.controllers.objects import Obj, now_rfc3339, write_status
 from skiff.cluster.controllers.options import ControllerOptions
 from skiff.cluster.controllers.replica_calculator import MetricError
 from skiff.errors import NotFound
@@ -262,15 +262,8 @@ class HorizontalPodAutoscalerController(Controller):
     # Status --------------------------------------------------------------------------------------------------
 
     async def _write_status(self, hpa: Obj, status: _Status) -> None:
-        new = status.build()
-        if new == (hpa.get("status") or {}):
-            return
-        try:
-            await self.client.replace_status(HPAS, {**hpa, "status": new})
-        except ApiStatusError as exc:
-            if exc.status_code not in (404, 409):
-                raise
-            # gone, or changed since the cache saw it: the next period (or the spec change's event) looks again
+        # gone, or changed since the cache saw it: the next period (or the spec change's event) looks again
+        await write_status(self.client, HPAS, hpa, status.build(), tolerate=(404, 409))
 
 
 class _Status:

@@ -15,6 +15,7 @@ Each server is stopped by pid (SIGTERM, then SIGKILL) at the end; the session's 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -159,6 +160,17 @@ class ServerProcess:
             return (self.root / "server.log").read_bytes()[-size:].decode(errors="replace")
         except OSError:
             return ""
+
+
+@contextlib.contextmanager
+def running_server(root: Path, *extra: str, **options: Any) -> Iterator[ServerProcess]:
+    """A started ``ServerProcess`` (``ServerProcess``'s arguments), stopped at the end: a module's server fixture."""
+    server = ServerProcess(root, *extra, **options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def test_protobuf_keeps_zero_replicas_and_reads_int_or_string() -> None:
 
 def test_protobuf_unknown_kind_is_415_and_garbage_400() -> None:
     with pytest.raises(ApiError) as unknown:
-        protobuf.decode(protobuf.MAGIC + _field(1, _field(1, b"batch/v1") + _field(2, b"CronJob")))
+        protobuf.decode(protobuf.MAGIC + _field(1, _field(1, b"policy/v1") + _field(2, b"PodDisruptionBudget")))
     assert unknown.value.code == 415
     for garbage in (b"\x0a\xff\xff", _field(1, _field(1, b"v1") + _field(2, b"ConfigMap")) + _varint_field(2, 1),
                     _field(1, _field(1, b"v1") + _field(2, b"ConfigMap")) + _field(2, _varint_field(1, 5))):

@@ -17,7 +17,7 @@ from skiff.cluster import cron
 from skiff.cluster.client import CRONJOBS, JOBS, ApiClient, SharedInformers
 from skiff.cluster.controllers.cronjob import SCHEDULED_AT, CronJobController
 from skiff.errors import InvalidArgument
-from tests.cluster.api.conftest import KubectlRun, ServerProcess
+from tests.cluster.api.conftest import KubectlRun, ServerProcess, running_server
 from tests.cluster.controllers.conftest import NO_SCHEDULER, eventually
 
 UTC = datetime.UTC
@@ -68,13 +68,9 @@ def test_bad_schedules_say_why(spec: str, zone: str | None, message: str) -> Non
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """No CronJob controller in the server: the test runs one itself, on its own clock."""
-    server = ServerProcess(tmp_path_factory.mktemp("cronjobs"), NO_SCHEDULER, "--disable-controllers",
-                           controllers="namespace,serviceaccount,job,garbagecollector")
-    server.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("cronjobs"), NO_SCHEDULER, "--disable-controllers",
+                        controllers="namespace,serviceaccount,job,garbagecollector") as server:
         yield server
-    finally:
-        server.stop()
 
 
 class Clock:

@@ -13,40 +13,27 @@ import pytest
 
 from skiff.cluster.client import JOBS, PODS, ApiClient, ApiStatusError
 from tests.cluster.api.conftest import KubectlRun
-from tests.cluster.controllers.conftest import eventually, run_pod
+from tests.cluster.controllers.conftest import FakeKubelet, eventually, run_pod
 
 pytestmark = pytest.mark.asyncio
 Obj = dict[str, Any]
 
 
-class PodOutcomes:
+class PodOutcomes(FakeKubelet):
     """Runs the pods of one Job, then finishes each as ``outcome(pod's index in creation order)`` says
     ("Succeeded", "Failed", or None to leave it running)."""
 
     def __init__(self, client: ApiClient, job: str, outcome: Callable[[int], str | None]) -> None:
-        self.client, self.job, self.outcome = client, job, outcome
+        super().__init__(client, f"batch.kubernetes.io/job-name={job}")
+        self.outcome = outcome
         self.seen: list[str] = []
-        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> PodOutcomes:
-        self._task = asyncio.create_task(self._run())
+        await super().__aenter__()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._round()
-            except (OSError, ApiStatusError):
-                pass
-            await asyncio.sleep(0.1)
-
-    async def _round(self) -> None:
-        items = (await self.client.list(PODS, "default", label_selector=f"batch.kubernetes.io/job-name={self.job}"))
+    async def round(self) -> None:
+        items = (await self.client.list(PODS, "default", label_selector=self.selector))
         for pod in sorted(items["items"], key=lambda p: p["metadata"]["creationTimestamp"]):
             meta = pod["metadata"]
             if meta.get("deletionTimestamp"):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.api.conftest import KubectlRun, ServerProcess, kubectl  # noqa: F401 - a fixture
+from tests.cluster.api.conftest import KubectlRun, ServerProcess, kubectl, running_server  # noqa: F401 - a fixture
 from tests.cluster.kubelet.conftest import IMAGE, NODE, AgentProcess, Api, wait_for
 from tests.cluster.kubelet.test_logs_exec import agent  # noqa: F401 - a fixture (its own agent here)
 
@@ -29,16 +29,12 @@ BURN = f"timeout {BURN_SECONDS} sh -c 'while :; do :; done'; exec sleep 3600"
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The API server with the workload controllers and the autoscaler beside it (no scheduler: the pods name
     their node)."""
-    server = ServerProcess(tmp_path_factory.mktemp("hpa-server"), "--disable-controllers", "--disable-scheduler",
-                           controllers="namespace,serviceaccount,deployment,replicaset,garbagecollector,"
-                                       "horizontalpodautoscaling",
-                           manager_flags=("--horizontal-pod-autoscaler-sync-period", "1",
-                                          "--horizontal-pod-autoscaler-downscale-stabilization", "0"))
-    server.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("hpa-server"), "--disable-controllers", "--disable-scheduler",
+                        controllers="namespace,serviceaccount,deployment,replicaset,garbagecollector,"
+                                    "horizontalpodautoscaling",
+                        manager_flags=("--horizontal-pod-autoscaler-sync-period", "1",
+                                       "--horizontal-pod-autoscaler-downscale-stabilization", "0")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def deployment(name: str, command: str, cpu_request: str = "50m") -> dict[str, Any]:

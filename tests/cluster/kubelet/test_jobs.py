@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.api.conftest import KubectlRun, ServerProcess, kubectl  # noqa: F401 - a fixture
+from tests.cluster.api.conftest import KubectlRun, ServerProcess, kubectl, running_server  # noqa: F401 - a fixture
 from tests.cluster.kubelet.conftest import IMAGE, NODE, AgentProcess
 from tests.cluster.kubelet.test_logs_exec import agent  # noqa: F401 - a fixture (its own agent here)
 
@@ -17,13 +17,9 @@ from tests.cluster.kubelet.test_logs_exec import agent  # noqa: F401 - a fixture
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The API server with its scheduler, and the job controller and garbage collector beside it."""
-    server = ServerProcess(tmp_path_factory.mktemp("jobs-server"), "--disable-controllers",
-                           controllers="namespace,serviceaccount,job,garbagecollector")
-    server.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("jobs-server"), "--disable-controllers",
+                        controllers="namespace,serviceaccount,job,garbagecollector") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def get_json(kubectl: KubectlRun, *what: str) -> dict[str, Any]:  # noqa: F811
