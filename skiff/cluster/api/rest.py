@@ -223,8 +223,7 @@ class Registry:
         m["creationTimestamp"] = now_rfc3339()
         if t.generation:
             m["generation"] = 1
-        if t.has_status and t.plural in ("pods", "deployments", "replicasets", "services", "jobs", "cronjobs",
-                                         "horizontalpodautoscalers"):
+        if t.has_status and t.plural in STATUS_ON_CREATE_IGNORED:
             obj.pop("status", None)  # status is the controllers' and kubelets' to write
         validation.default(t, obj)
         if t.plural == "pods":
@@ -615,6 +614,11 @@ def new_uid() -> str:
     """A random (version 4) UUID for metadata.uid. Not a secret, so a seeded PRNG serves: os.urandom per
     object costs more than the rest of a create."""
     return str(uuid.UUID(int=_uid_random.getrandbits(128), version=4))
+
+
+# Types whose status only their controllers (or kubelets) write: a create's status is dropped.
+STATUS_ON_CREATE_IGNORED = frozenset({"pods", "deployments", "replicasets", "daemonsets", "services", "jobs",
+                                      "cronjobs", "horizontalpodautoscalers"})
 
 
 def check_type(t: ResourceType, obj: Obj) -> None:

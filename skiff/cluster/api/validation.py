@@ -266,6 +266,37 @@ def default_pod_template(template: Any) -> None:
             default_pod_spec(template["spec"])
 
 
+def _default_daemonset(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("revisionHistoryLimit", 10)
+    strategy = spec.setdefault("updateStrategy", {})
+    if isinstance(strategy, dict):
+        strategy.setdefault("type", "RollingUpdate")
+        if strategy["type"] == "RollingUpdate":
+            rolling = strategy.setdefault("rollingUpdate", {})
+            rolling.setdefault("maxUnavailable", 1)
+            rolling.setdefault("maxSurge", 0)
+    default_pod_template(spec.get("template"))
+    obj.setdefault("status", {"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0,
+                              "numberReady": 0})
+
+
+def _validate_daemonset(obj: dict[str, Any], old: dict[str, Any] | None) -> Errors:
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    errors = _validate_workload({**obj, "spec": {**spec, "replicas": 0}}, old)
+    strategy = (spec.get("updateStrategy") or {}).get("type")
+    if strategy not in ("RollingUpdate", "OnDelete"):
+        errors.append(FieldError("spec.updateStrategy.type", "NotSupported",
+                                 'supported values: "OnDelete", "RollingUpdate"', strategy))
+    policy = (((spec.get("template") or {}).get("spec")) or {}).get("restartPolicy")
+    if policy not in (None, "Always"):
+        errors.append(FieldError("spec.template.spec.restartPolicy", "NotSupported", 'supported values: "Always"',
+                                 policy))
+    return errors
+
+
 def _validate_workload(obj: dict[str, Any], old: dict[str, Any] | None) -> Errors:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
@@ -482,6 +513,7 @@ _DEFAULTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "horizontalpodautoscalers": default_hpa,
     "jobs": lambda o: default_job(o, default_pod_template),
     "cronjobs": lambda o: default_cronjob(o, default_pod_template),
+    "daemonsets": _default_daemonset,
 }
 _VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Errors]] = {
     "pods": _validate_pod,
@@ -498,6 +530,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Errors]
     "horizontalpodautoscalers": validate_hpa,
     "jobs": lambda o, old: validate_job(o, old, validate_pod_spec),
     "cronjobs": lambda o, old: validate_cronjob(o, old, validate_pod_spec),
+    "daemonsets": _validate_daemonset,
 }
 
 

@@ -29,6 +29,7 @@ from skiff.cluster.client.errors import (
 from skiff.cluster.client.resources import (
     CONFIGMAPS,
     CRONJOBS,
+    DAEMONSETS,
     DEPLOYMENTS,
     ENDPOINT_SLICES,
     ENDPOINTS,
@@ -59,12 +60,12 @@ _LAZY = {"PATCH_TYPES": "api", "ApiClient": "api", "Obj": "api", "Controller": "
          "object_key": "informer", "split_key": "informer"}
 
 __all__ = [
-    "CONFIGMAPS", "CRONJOBS", "DEPLOYMENTS", "ENDPOINTS", "ENDPOINT_SLICES", "EVENTS", "HORIZONTAL_POD_AUTOSCALERS",
-    "JOBS", "LEASES", "NAMESPACES", "NODES", "PATCH_TYPES", "PODS", "POD_METRICS", "REPLICASETS", "SECRETS", "SERVICES",
-    "SERVICE_ACCOUNTS", "ApiAlreadyExists", "ApiClient", "ApiConflict", "ApiInvalid", "ApiNotFound", "ApiStatusError",
-    "ClusterConfig", "ConfigError", "Controller", "Informer", "Obj", "Resource", "SharedInformers", "ShutDown",
-    "TokenBucket", "WorkQueue", "load_kubeconfig", "object_key", "resource_for", "split_key", "status_error",
-    "stop_on_signals",
+    "CONFIGMAPS", "CRONJOBS", "DAEMONSETS", "DEPLOYMENTS", "ENDPOINTS", "ENDPOINT_SLICES", "EVENTS",
+    "HORIZONTAL_POD_AUTOSCALERS", "JOBS", "LEASES", "NAMESPACES", "NODES", "PATCH_TYPES", "PODS", "POD_METRICS",
+    "REPLICASETS", "SECRETS", "SERVICES", "SERVICE_ACCOUNTS", "ApiAlreadyExists", "ApiClient", "ApiConflict",
+    "ApiInvalid", "ApiNotFound", "ApiStatusError", "ClusterConfig", "ConfigError", "Controller", "Informer", "Obj",
+    "Resource", "SharedInformers", "ShutDown", "TokenBucket", "WorkQueue", "load_kubeconfig", "object_key",
+    "resource_for", "split_key", "status_error", "stop_on_signals",
 ]
 
 

@@ -53,11 +53,13 @@ REPLICASETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
 HORIZONTAL_POD_AUTOSCALERS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
 JOBS = Resource("batch", "v1", "jobs", "Job")
 CRONJOBS = Resource("batch", "v1", "cronjobs", "CronJob")
+DAEMONSETS = Resource("apps", "v1", "daemonsets", "DaemonSet")
 POD_METRICS = Resource("metrics.k8s.io", "v1beta1", "pods", "PodMetrics")
 
 KNOWN: tuple[Resource, ...] = (PODS, NODES, NAMESPACES, SERVICES, ENDPOINTS, EVENTS, CONFIGMAPS, SECRETS,
                                SERVICE_ACCOUNTS, ENDPOINT_SLICES, LEASES, DEPLOYMENTS, REPLICASETS,
-                               HORIZONTAL_POD_AUTOSCALERS, JOBS, CRONJOBS)
+                               HORIZONTAL_POD_AUTOSCALERS, JOBS, CRONJOBS,
+                               DAEMONSETS)
 _BY_KIND = {(r.group, r.kind): r for r in KNOWN}
 
 

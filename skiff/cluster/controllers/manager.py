@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from skiff.aiotasks import cancel_and_wait
 from skiff.cluster.client import ApiClient, ClusterConfig, Controller, SharedInformers
 from skiff.cluster.controllers.cronjob import CronJobController
+from skiff.cluster.controllers.daemonset import DaemonSetController
 from skiff.cluster.controllers.deployment import DeploymentController
 from skiff.cluster.controllers.endpoints import EndpointsController
 from skiff.cluster.controllers.endpointslice import EndpointSliceController
@@ -54,6 +55,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "horizontalpodautoscaling": HorizontalPodAutoscalerController,
     "job": JobController,
     "cronjob": CronJobController,
+    "daemonset": DaemonSetController,
 }
 USER_AGENT = "skiff-controller-manager/0.1"
 
