@@ -103,7 +103,7 @@ class CronJobController(Controller):
         for succeeded, limit in ((True, spec.get("successfulJobsHistoryLimit", 3)),
                                  (False, spec.get("failedJobsHistoryLimit", 1))):
             kept = sorted((j for j in done if bool((j.get("status") or {}).get("completionTime")) == succeeded),
-                          key=lambda j: (j.get("status") or {}).get("startTime") or j["metadata"]["creationTimestamp"])
+                          key=_start_order)
             for job in kept[:max(0, len(kept) - int(limit))]:
                 await self._delete_job(cronjob, job)
 
@@ -175,6 +175,13 @@ def job_from_cronjob(cronjob: Obj, scheduled: datetime.datetime) -> Obj:
     if template_meta.get("labels"):
         metadata["labels"] = template_meta["labels"]
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": template.get("spec") or {}}
+
+
+def _start_order(job: Obj) -> tuple[str, str, str]:
+    """Oldest first: by start time, then creation, then name (kube's byJobStartTime breaks ties by name)."""
+    meta = job["metadata"]
+    return ((job.get("status") or {}).get("startTime") or meta["creationTimestamp"], meta["creationTimestamp"],
+            meta["name"])
 
 
 def _reference(job: Obj) -> dict[str, Any]:

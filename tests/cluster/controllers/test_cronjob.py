@@ -204,14 +204,15 @@ async def test_jobs_are_made_on_schedule_with_each_concurrency_policy(client: Ap
 async def test_finished_jobs_past_the_history_limit_are_deleted(client: ApiClient, kubectl: KubectlRun,
                                                                 controller: CronJobController) -> None:
     kubectl("apply", "-f", "-", input=cronjob("kept", "* * * * *", successfulJobsHistoryLimit=1))
-    for minute in range(3):
+    finished: list[str] = []
+    for _ in range(3):  # a Job a minute, each finished before the next
         await advance(controller, 1, "kept")
-        made = await eventually(lambda m=minute: n_jobs(client, "kept", m + 1 if m < 2 else 2))
-        newest = made[-1]
-        await _complete(client, newest)
-    await advance(controller, 0, "kept")
+        [fresh] = await eventually(lambda: _unfinished(client, "kept"))
+        await _complete(client, fresh)
+        finished.append(fresh["metadata"]["name"])
     [left] = await eventually(lambda: _finished_left(client, "kept", 1))
-    status = (await client.get(CRONJOBS, "kept", "default"))["status"]
+    assert left["metadata"]["name"] == finished[-1]  # the older ones went, the newest is kept
+    status = await eventually(lambda: _status_with(client, "kept", "lastSuccessfulTime"))
     assert status["lastSuccessfulTime"] == left["status"]["completionTime"]
     assert "active" not in status
     kubectl("delete", "cronjob", "kept")
@@ -220,6 +221,16 @@ async def test_finished_jobs_past_the_history_limit_are_deleted(client: ApiClien
 async def _replaced(client: ApiClient, name: str, before: set[str]) -> list[Obj] | None:
     found = await jobs_of(client, name)
     return found if len(found) == 1 and found[0]["metadata"]["name"] not in before else None
+
+
+async def _unfinished(client: ApiClient, name: str) -> list[Obj] | None:
+    found = [j for j in await jobs_of(client, name) if not (j.get("status") or {}).get("completionTime")]
+    return found if len(found) == 1 else None
+
+
+async def _status_with(client: ApiClient, name: str, field: str) -> Obj | None:
+    status = (await client.get(CRONJOBS, name, "default")).get("status") or {}
+    return status if status.get(field) and "active" not in status else None
 
 
 async def _complete(client: ApiClient, job: Obj) -> None:
