@@ -5,9 +5,10 @@ images loaded with ``skiff cluster load``, step by step as a user would type it.
 The steps share one cluster and run in order: 3 Ready nodes; the images loaded; ``kubectl apply`` of the
 seed's Deployment (2 nginx pods on different nodes, each serving its page at its pod IP); a deleted pod
 replaced, scaled to 5; ``kubectl expose --type=LoadBalancer`` answering on every node's address and by name
-from a pod; ``kubectl logs`` / ``exec`` / ``port-forward`` / ``top``; a rolling update to an image no registry has
-stopping at maxUnavailable while the old pods serve, and ``rollout undo``; node 3's agent SIGKILLed: the node
-NotReady and its pods recreated on nodes 1 and 2; ``skiff cluster delete`` leaving nothing.
+from a pod; ``kubectl logs`` / ``exec`` / ``port-forward`` / ``top``; a DaemonSet on every node and a Job; a
+rolling update to an image no registry has stopping at maxUnavailable while the old pods serve, and ``rollout
+undo``; node 3's agent SIGKILLed: the node NotReady and its pods recreated on nodes 1 and 2; ``skiff cluster
+delete`` leaving nothing.
 
 The cluster runs with short node-lifecycle times (``--server-arg``), so a dead node is noticed and evicted in
 seconds. Traffic goes only to the cluster's own addresses (the test engines' reserved 10.K block, the pod and
@@ -342,6 +343,25 @@ def test_top_shows_every_node_and_the_pods(cluster: Cluster) -> None:
     assert sorted(line.split()[0] for line in nodes[1:]) == [node_name(cluster, i) for i in (1, 2, 3)]
     pods = kubectl(cluster, "top", "pod", "-l", "app=web").stdout.splitlines()
     assert sorted(line.split()[0] for line in pods[1:]) == sorted(p["metadata"]["name"] for p in running(cluster, 5))
+
+
+def test_a_daemonset_runs_on_every_node_and_a_job_runs_to_completion(cluster: Cluster) -> None:
+    """A DaemonSet puts one pod on each of the three nodes (bound by the scheduler to each node in turn); a Job's
+    pod runs to completion somewhere and its log is there."""
+    daemonset = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"}, "spec": {
+        "selector": {"matchLabels": {"app": "agent"}}, "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "agent", "image": BUSYBOX, "command": ["sleep", "3600"]}]}}}}
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(daemonset))
+    kubectl(cluster, "rollout", "status", "ds/agent", f"--timeout={SLACK}s")
+    pods = get(cluster, "pods", "-l", "app=agent")["items"]
+    assert sorted(p["spec"]["nodeName"] for p in pods) == [node_name(cluster, i) for i in (1, 2, 3)]
+    assert all(p["status"]["phase"] == "Running" for p in pods)
+    kubectl(cluster, "create", "job", "hello", f"--image={BUSYBOX}", "--", "sh", "-c", "echo done on $(hostname)")
+    kubectl(cluster, "wait", "--for=condition=complete", "job/hello", f"--timeout={SLACK}s")
+    assert re.fullmatch(r"done on hello-\w+\n", kubectl(cluster, "logs", "job/hello").stdout)
+    kubectl(cluster, "delete", "ds/agent", "job/hello", "--wait=true")
+    wait_for(lambda: not get(cluster, "pods", "-l", "app=agent")["items"], timeout=SLACK, interval=0.5)
 
 
 def test_a_pod_failing_readiness_leaves_the_services_endpoints(cluster: Cluster) -> None:
