@@ -201,7 +201,8 @@ _CONTROLLED = ["pods", "pods/status", "replicasets", "replicasets/status", "repl
                "services/status", "serviceaccounts", "serviceaccounts/token", "secrets", "configmaps", "namespaces",
                "namespaces/status", "namespaces/finalize", "nodes", "nodes/status", "leases",
                "horizontalpodautoscalers", "horizontalpodautoscalers/status", "jobs", "jobs/status",
-               "cronjobs", "cronjobs/status", "daemonsets", "daemonsets/status"]
+               "cronjobs", "cronjobs/status", "daemonsets", "daemonsets/status",
+               "statefulsets", "statefulsets/status", "statefulsets/scale"]
 _WORKLOAD_GROUPS = ["", "apps", "autoscaling", "batch", "coordination.k8s.io", "discovery.k8s.io"]
 
 
@@ -210,7 +211,7 @@ def bootstrap_policy() -> list[tuple[str, Obj]]:
     workloads = ["pods", "services", "endpoints", "configmaps", "secrets", "events", "serviceaccounts",
                  "deployments", "deployments/scale", "replicasets", "replicasets/scale", "leases", "endpointslices",
                  "pods/log", "pods/exec", "pods/attach", "pods/portforward", "horizontalpodautoscalers", "jobs",
-                 "cronjobs", "daemonsets"]
+                 "cronjobs", "daemonsets", "statefulsets", "statefulsets/scale"]
     return [
         ("clusterroles", _role("cluster-admin", [{"apiGroups": _ALL, "resources": _ALL, "verbs": _ALL},
                                                  {"nonResourceURLs": _ALL, "verbs": _ALL}])),

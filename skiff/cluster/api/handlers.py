@@ -513,7 +513,7 @@ def _precondition(obj: Obj) -> dict[str, Any]:
 
 
 def to_scale(obj: Obj) -> Obj:
-    """An autoscaling/v1 Scale view of a Deployment or ReplicaSet."""
+    """An autoscaling/v1 Scale view of a Deployment, ReplicaSet or StatefulSet."""
     m = meta(obj)
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     selector = LabelSelector.from_label_selector(spec.get("selector"))

@@ -87,6 +87,7 @@ CATALOGUE: tuple[ResourceType, ...] = (
     _t("apps", "Deployment", "deployments", short=("deploy",), all_=True, sub=("status", "scale"), generation=True),
     _t("apps", "ReplicaSet", "replicasets", short=("rs",), all_=True, sub=("status", "scale"), generation=True),
     _t("apps", "DaemonSet", "daemonsets", short=("ds",), all_=True, sub=("status",), generation=True),
+    _t("apps", "StatefulSet", "statefulsets", short=("sts",), all_=True, sub=("status", "scale"), generation=True),
     _t("batch", "Job", "jobs", all_=True, sub=("status",), generation=True),
     _t("batch", "CronJob", "cronjobs", short=("cj",), all_=True, sub=("status",), generation=True),
     # autoscaling/v2 first: the preferred version, and the one kept; v1 (what `kubectl autoscale` 1.32 posts)

@@ -617,7 +617,8 @@ def new_uid() -> str:
 
 
 # Types whose status only their controllers (or kubelets) write: a create's status is dropped.
-STATUS_ON_CREATE_IGNORED = frozenset({"pods", "deployments", "replicasets", "daemonsets", "services", "jobs",
+STATUS_ON_CREATE_IGNORED = frozenset({"pods", "deployments", "replicasets", "daemonsets", "statefulsets", "services",
+                                      "jobs",
                                       "cronjobs", "horizontalpodautoscalers"})
 
 

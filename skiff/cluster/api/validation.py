@@ -297,6 +297,47 @@ def _validate_daemonset(obj: dict[str, Any], old: dict[str, Any] | None) -> Erro
     return errors
 
 
+def _default_statefulset(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("replicas", 1)
+    spec.setdefault("podManagementPolicy", "OrderedReady")
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"})
+    strategy = spec.setdefault("updateStrategy", {})
+    if isinstance(strategy, dict):
+        strategy.setdefault("type", "RollingUpdate")
+        if strategy["type"] == "RollingUpdate":
+            strategy.setdefault("rollingUpdate", {}).setdefault("partition", 0)
+    default_pod_template(spec.get("template"))
+    obj.setdefault("status", {"replicas": 0, "availableReplicas": 0})
+
+
+def _validate_statefulset(obj: dict[str, Any], old: dict[str, Any] | None) -> Errors:
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    errors = _validate_workload(obj, None)
+    if spec.get("volumeClaimTemplates"):
+        errors.append(FieldError("spec.volumeClaimTemplates", "Forbidden",
+                                 "PersistentVolumeClaims are not supported by this server yet"))
+    if spec.get("podManagementPolicy") not in ("OrderedReady", "Parallel"):
+        errors.append(FieldError("spec.podManagementPolicy", "NotSupported",
+                                 'supported values: "OrderedReady", "Parallel"', spec.get("podManagementPolicy")))
+    strategy = (spec.get("updateStrategy") or {}).get("type")
+    if strategy not in ("RollingUpdate", "OnDelete"):
+        errors.append(FieldError("spec.updateStrategy.type", "NotSupported",
+                                 'supported values: "OnDelete", "RollingUpdate"', strategy))
+    if old is not None:
+        before = old.get("spec") or {}
+        for field in ("selector", "serviceName", "podManagementPolicy", "volumeClaimTemplates"):
+            if spec.get(field) != before.get(field):
+                errors.append(FieldError("spec", "Forbidden", "updates to statefulset spec for fields other than "
+                                         "'replicas', 'ordinals', 'template', 'updateStrategy', "
+                                         "'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"))
+                break
+    return errors
+
+
 def _validate_workload(obj: dict[str, Any], old: dict[str, Any] | None) -> Errors:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
@@ -514,6 +555,7 @@ _DEFAULTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "jobs": lambda o: default_job(o, default_pod_template),
     "cronjobs": lambda o: default_cronjob(o, default_pod_template),
     "daemonsets": _default_daemonset,
+    "statefulsets": _default_statefulset,
 }
 _VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Errors]] = {
     "pods": _validate_pod,
@@ -531,6 +573,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Errors]
     "jobs": lambda o, old: validate_job(o, old, validate_pod_spec),
     "cronjobs": lambda o, old: validate_cronjob(o, old, validate_pod_spec),
     "daemonsets": _validate_daemonset,
+    "statefulsets": _validate_statefulset,
 }
 
 

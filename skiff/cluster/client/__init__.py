@@ -45,6 +45,7 @@ from skiff.cluster.client.resources import (
     SECRETS,
     SERVICE_ACCOUNTS,
     SERVICES,
+    STATEFULSETS,
     Resource,
     resource_for,
 )
@@ -62,10 +63,10 @@ _LAZY = {"PATCH_TYPES": "api", "ApiClient": "api", "Obj": "api", "Controller": "
 __all__ = [
     "CONFIGMAPS", "CRONJOBS", "DAEMONSETS", "DEPLOYMENTS", "ENDPOINTS", "ENDPOINT_SLICES", "EVENTS",
     "HORIZONTAL_POD_AUTOSCALERS", "JOBS", "LEASES", "NAMESPACES", "NODES", "PATCH_TYPES", "PODS", "POD_METRICS",
-    "REPLICASETS", "SECRETS", "SERVICES", "SERVICE_ACCOUNTS", "ApiAlreadyExists", "ApiClient", "ApiConflict",
-    "ApiInvalid", "ApiNotFound", "ApiStatusError", "ClusterConfig", "ConfigError", "Controller", "Informer", "Obj",
-    "Resource", "SharedInformers", "ShutDown", "TokenBucket", "WorkQueue", "load_kubeconfig", "object_key",
-    "resource_for", "split_key", "status_error", "stop_on_signals",
+    "REPLICASETS", "SECRETS", "SERVICES", "SERVICE_ACCOUNTS", "STATEFULSETS", "ApiAlreadyExists", "ApiClient",
+    "ApiConflict", "ApiInvalid", "ApiNotFound", "ApiStatusError", "ClusterConfig", "ConfigError", "Controller",
+    "Informer", "Obj", "Resource", "SharedInformers", "ShutDown", "TokenBucket", "WorkQueue", "load_kubeconfig",
+    "object_key", "resource_for", "split_key", "status_error", "stop_on_signals",
 ]
 
 

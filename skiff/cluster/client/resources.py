@@ -54,12 +54,13 @@ HORIZONTAL_POD_AUTOSCALERS = Resource("autoscaling", "v2", "horizontalpodautosca
 JOBS = Resource("batch", "v1", "jobs", "Job")
 CRONJOBS = Resource("batch", "v1", "cronjobs", "CronJob")
 DAEMONSETS = Resource("apps", "v1", "daemonsets", "DaemonSet")
+STATEFULSETS = Resource("apps", "v1", "statefulsets", "StatefulSet")
 POD_METRICS = Resource("metrics.k8s.io", "v1beta1", "pods", "PodMetrics")
 
 KNOWN: tuple[Resource, ...] = (PODS, NODES, NAMESPACES, SERVICES, ENDPOINTS, EVENTS, CONFIGMAPS, SECRETS,
                                SERVICE_ACCOUNTS, ENDPOINT_SLICES, LEASES, DEPLOYMENTS, REPLICASETS,
                                HORIZONTAL_POD_AUTOSCALERS, JOBS, CRONJOBS,
-                               DAEMONSETS)
+                               DAEMONSETS, STATEFULSETS)
 _BY_KIND = {(r.group, r.kind): r for r in KNOWN}
 
 

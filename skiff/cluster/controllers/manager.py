@@ -34,6 +34,7 @@ from skiff.cluster.controllers.serviceaccounts import (
     TokensController,
 )
 from skiff.cluster.controllers.servicelb import ServiceLBController
+from skiff.cluster.controllers.statefulset import StatefulSetController
 from skiff.cluster.controllers.tainteviction import TaintEvictionController
 from skiff.errors import InvalidArgument
 
@@ -56,6 +57,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "job": JobController,
     "cronjob": CronJobController,
     "daemonset": DaemonSetController,
+    "statefulset": StatefulSetController,
 }
 USER_AGENT = "skiff-controller-manager/0.1"
 
