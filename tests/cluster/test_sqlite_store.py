@@ -186,10 +186,11 @@ async def test_checkpoints_keep_the_wal_bounded_while_writes_never_pause(tmp_pat
     async with await SQLiteStore.open(path) as store:
         largest = await _write_without_pause(store, path, 2000)
         restarts = _wal_restarts(path)
-        # Unbounded, the WAL would reach 12 MiB. Here it stays near 1 MiB (about 20 restarts), but a starved
-        # checkpoint thread lets it grow further while one PASSIVE checkpoint runs (5 MiB was seen on CI):
-        # the restarts are the property, the size bound only has to tell "bounded" from "never folded back".
-        assert restarts >= 3, restarts
+        # Unbounded, the WAL would reach 12 MiB with no restart. Here it stays near 1 MiB (about 20 restarts), but
+        # a starved checkpoint thread lets it grow further while one PASSIVE checkpoint runs (5 MiB was seen on
+        # CI): that the writer's WAL was folded back and reused is the property; how often depends on the load,
+        # and the size bound only has to tell "bounded" from "never folded back".
+        assert restarts >= 1, restarts
         assert largest < 9 * 1024 * 1024, largest
         assert len((await store.list("/w/"))[0]) == 2000
     async with await SQLiteStore.open(path) as store:  # everything copied back is readable after a reopen
