@@ -28,7 +28,6 @@ from skiff.cluster.client import (
     NODES,
     PODS,
     ApiClient,
-    ApiStatusError,
     Controller,
     SharedInformers,
     object_key,
@@ -39,7 +38,6 @@ from skiff.cluster.controllers.events import EventRecorder
 from skiff.cluster.controllers.expectations import Expectations
 from skiff.cluster.controllers.objects import (
     Obj,
-    controller_ref,
     is_deleting,
     is_pod_active,
     is_pod_available,
@@ -47,6 +45,7 @@ from skiff.cluster.controllers.objects import (
     owner_reference,
     write_status,
 )
+from skiff.cluster.controllers.ownedpods import delete_pods, watch_owned_pods
 from skiff.cluster.controllers.tainteviction import tolerates
 from skiff.cluster.scheduler.terms import NodeSelector
 
@@ -81,24 +80,11 @@ class DaemonSetController(Controller):
         for register in (self.nodes.on_add, self.nodes.on_delete):
             register(lambda node: self._all())
         self.nodes.on_update(lambda old, new: self._all() if _placement(old) != _placement(new) else None)
-        self.pods.on_add(lambda pod: self._pod_changed(pod, created=True))
-        self.pods.on_update(lambda old, new: self._pod_changed(new))
-        self.pods.on_delete(lambda pod: self._pod_changed(pod, deleted=True))
+        watch_owned_pods(self.pods, "DaemonSet", self.expectations, self.enqueue)
 
     def _all(self) -> None:
         for ds in self.daemonsets.list():
             self.enqueue(object_key(ds))
-
-    def _pod_changed(self, pod: Obj, created: bool = False, deleted: bool = False) -> None:
-        ref = controller_ref(pod)
-        if ref is None or ref.get("kind") != "DaemonSet":
-            return
-        key = f"{pod['metadata'].get('namespace')}/{ref['name']}"
-        if created:
-            self.expectations.creation_observed(key)
-        if deleted or is_deleting(pod):
-            self.expectations.deletion_observed(key, object_key(pod))
-        self.enqueue(key)
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)
@@ -161,21 +147,8 @@ class DaemonSetController(Controller):
             raise errors[0]
 
     async def _delete_pods(self, key: str, ds: Obj, pods: list[Obj]) -> None:
-        self.expectations.expect_deletions(key, [object_key(p) for p in pods])
-
-        async def delete(pod: Obj) -> None:
-            meta = pod["metadata"]
-            try:
-                await self.client.delete(PODS, meta["name"], meta.get("namespace"), preconditions={"uid": meta["uid"]})
-                self.events.normal(ds, "SuccessfulDelete", f"Deleted pod: {meta['name']}")
-            except BaseException as exc:
-                self.expectations.deletion_observed(key, object_key(pod))
-                if not (isinstance(exc, ApiStatusError) and (exc.not_found or exc.conflict)):
-                    raise
-        results = await asyncio.gather(*(delete(p) for p in pods), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        await delete_pods(self.client, self.expectations, key, pods, lambda pod: self.events.normal(
+            ds, "SuccessfulDelete", f"Deleted pod: {pod['metadata']['name']}"))
 
     # --- status ---------------------------------------------------------------------------------------------
 

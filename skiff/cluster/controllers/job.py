@@ -37,7 +37,6 @@ from skiff.cluster.controllers.events import EventRecorder
 from skiff.cluster.controllers.expectations import Expectations
 from skiff.cluster.controllers.objects import (
     Obj,
-    controller_ref,
     is_deleting,
     is_pod_active,
     is_pod_ready,
@@ -47,6 +46,7 @@ from skiff.cluster.controllers.objects import (
     restart_count,
     write_status,
 )
+from skiff.cluster.controllers.ownedpods import delete_pods, watch_owned_pods
 
 log = logging.getLogger(__name__)
 BACKOFF_BASE, BACKOFF_MAX = 10.0, 360.0  # seconds before a failed pod is replaced: kube's DefaultJobPodFailureBackOff
@@ -68,25 +68,12 @@ class JobController(Controller):
         self.jobs.on_add(lambda job: self.enqueue(object_key(job)))
         self.jobs.on_update(lambda old, new: self.enqueue(object_key(new)))
         self.jobs.on_delete(self._job_deleted)
-        self.pods.on_add(lambda pod: self._pod_changed(pod, created=True))
-        self.pods.on_update(lambda old, new: self._pod_changed(new))
-        self.pods.on_delete(lambda pod: self._pod_changed(pod, deleted=True))
+        watch_owned_pods(self.pods, "Job", self.expectations, self.enqueue)
 
     def _job_deleted(self, job: Obj) -> None:
         key = object_key(job)
         self.expectations.forget(key)
         self.failures_seen.pop(key, None)
-
-    def _pod_changed(self, pod: Obj, created: bool = False, deleted: bool = False) -> None:
-        ref = controller_ref(pod)
-        if ref is None or ref.get("kind") != "Job":
-            return
-        key = f"{pod['metadata'].get('namespace')}/{ref['name']}"
-        if created:
-            self.expectations.creation_observed(key)
-        if deleted or is_deleting(pod):
-            self.expectations.deletion_observed(key, object_key(pod))
-        self.enqueue(key)
 
     # --- sync -------------------------------------------------------------------------------------------------
 
@@ -231,27 +218,8 @@ class JobController(Controller):
 
     async def _delete_pods(self, key: str, job: Obj, pods: list[Obj]) -> int:
         """Delete ``pods`` (gracefully: they terminate, then go); how many there were."""
-        if not pods:
-            return 0
-        self.expectations.expect_deletions(key, [object_key(p) for p in pods])
-
-        async def delete(pod: Obj) -> None:
-            meta = pod["metadata"]
-            try:
-                await self.client.delete(PODS, meta["name"], meta.get("namespace"), preconditions={"uid": meta["uid"]})
-                self.events.normal(job, "SuccessfulDelete", f"Deleted pod: {meta['name']}")
-            except ApiStatusError as exc:
-                self.expectations.deletion_observed(key, object_key(pod))
-                if not (exc.not_found or exc.conflict):
-                    raise
-            except BaseException:
-                self.expectations.deletion_observed(key, object_key(pod))
-                raise
-        results = await asyncio.gather(*(delete(p) for p in pods), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
-        return len(pods)
+        return await delete_pods(self.client, self.expectations, key, pods, lambda pod: self.events.normal(
+            job, "SuccessfulDelete", f"Deleted pod: {pod['metadata']['name']}"))
 
     # --- status and expiry ------------------------------------------------------------------------------------
 

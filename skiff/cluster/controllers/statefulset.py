@@ -18,7 +18,6 @@ API: there are no PersistentVolumes here yet.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 import json
@@ -41,13 +40,13 @@ from skiff.cluster.controllers.events import EventRecorder
 from skiff.cluster.controllers.expectations import Expectations
 from skiff.cluster.controllers.objects import (
     Obj,
-    controller_ref,
     is_deleting,
     is_pod_available,
     is_pod_ready,
     owner_reference,
     write_status,
 )
+from skiff.cluster.controllers.ownedpods import delete_pods, watch_owned_pods
 
 log = logging.getLogger(__name__)
 HASH_LABEL = "controller-revision-hash"
@@ -69,20 +68,7 @@ class StatefulSetController(Controller):
         self.statefulsets.on_add(lambda sts: self.enqueue(object_key(sts)))
         self.statefulsets.on_update(lambda old, new: self.enqueue(object_key(new)))
         self.statefulsets.on_delete(lambda sts: self.expectations.forget(object_key(sts)))
-        self.pods.on_add(lambda pod: self._pod_changed(pod, created=True))
-        self.pods.on_update(lambda old, new: self._pod_changed(new))
-        self.pods.on_delete(lambda pod: self._pod_changed(pod, deleted=True))
-
-    def _pod_changed(self, pod: Obj, created: bool = False, deleted: bool = False) -> None:
-        ref = controller_ref(pod)
-        if ref is None or ref.get("kind") != "StatefulSet":
-            return
-        key = f"{pod['metadata'].get('namespace')}/{ref['name']}"
-        if created:
-            self.expectations.creation_observed(key)
-        if deleted or is_deleting(pod):
-            self.expectations.deletion_observed(key, object_key(pod))
-        self.enqueue(key)
+        watch_owned_pods(self.pods, "StatefulSet", self.expectations, self.enqueue)
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)
@@ -159,22 +145,9 @@ class StatefulSetController(Controller):
                                                     f"{sts['metadata']['name']} successful")
 
     async def _delete(self, key: str, sts: Obj, pods: list[Obj]) -> None:
-        self.expectations.expect_deletions(key, [object_key(p) for p in pods])
-
-        async def delete(pod: Obj) -> None:
-            meta = pod["metadata"]
-            try:
-                await self.client.delete(PODS, meta["name"], meta.get("namespace"), preconditions={"uid": meta["uid"]})
-                self.events.normal(sts, "SuccessfulDelete", f"delete Pod {meta['name']} in StatefulSet "
-                                                            f"{sts['metadata']['name']} successful")
-            except BaseException as exc:
-                self.expectations.deletion_observed(key, object_key(pod))
-                if not (isinstance(exc, ApiStatusError) and (exc.not_found or exc.conflict)):
-                    raise
-        results = await asyncio.gather(*(delete(p) for p in pods), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        await delete_pods(self.client, self.expectations, key, pods, lambda pod: self.events.normal(
+            sts, "SuccessfulDelete", f"delete Pod {pod['metadata']['name']} in StatefulSet "
+                                     f"{sts['metadata']['name']} successful"))
 
     # --- status ---------------------------------------------------------------------------------------------
 
