@@ -92,21 +92,26 @@ class DaemonSetController(Controller):
         if ds is None or is_deleting(ds):
             return
         pods = [p for p in self.pods.by_index(CONTROLLER_UID_INDEX, ds["metadata"]["uid"]) if not is_deleting(p)]
+        placement = self._eligible_nodes(ds)
         if self.expectations.satisfied(key):
-            await self._manage(key, ds, pods)
-        await write_status(self.client, DAEMONSETS, ds, self._status(ds, pods))
+            await self._manage(key, ds, pods, *placement)
+        await write_status(self.client, DAEMONSETS, ds, self._status(ds, pods, *placement))
 
     # --- placement ------------------------------------------------------------------------------------------
 
-    def _wanted_nodes(self, ds: Obj, staying: bool = False) -> list[str]:
-        """The nodes that should run the daemon (``staying``: the nodes where a pod already there may stay, as a
-        NoSchedule taint keeps new pods off but does not evict)."""
+    def _eligible_nodes(self, ds: Obj) -> tuple[set[str], set[str]]:
+        """The nodes that should run the daemon, and those where a pod already there may stay (a NoSchedule taint
+        keeps new pods off but does not evict): one pass over the nodes a sync."""
         pod_spec = ds["spec"]["template"].get("spec") or {}
-        return sorted(n["metadata"]["name"] for n in self.nodes.list() if should_run(pod_spec, n, staying))
+        wanted, staying = set(), set()
+        for node in self.nodes.list():
+            if should_run(pod_spec, node, staying=True):
+                staying.add(node["metadata"]["name"])
+                if should_run(pod_spec, node):
+                    wanted.add(node["metadata"]["name"])
+        return wanted, staying
 
-    async def _manage(self, key: str, ds: Obj, pods: list[Obj]) -> None:
-        wanted = set(self._wanted_nodes(ds))
-        staying = set(self._wanted_nodes(ds, staying=True))
+    async def _manage(self, key: str, ds: Obj, pods: list[Obj], wanted: set[str], staying: set[str]) -> None:
         current = template_hash(ds)
         by_node: dict[str, list[Obj]] = {}
         for pod in pods:
@@ -152,9 +157,8 @@ class DaemonSetController(Controller):
 
     # --- status ---------------------------------------------------------------------------------------------
 
-    def _status(self, ds: Obj, pods: list[Obj]) -> Obj:
-        wanted = set(self._wanted_nodes(ds)) | ({p["spec"].get("nodeName") for p in pods}
-                                                 & set(self._wanted_nodes(ds, staying=True)))
+    def _status(self, ds: Obj, pods: list[Obj], wanted: set[str], staying: set[str]) -> Obj:
+        wanted = wanted | ({p["spec"].get("nodeName") for p in pods} & staying)
         current = template_hash(ds)
         min_ready = int(ds["spec"].get("minReadySeconds") or 0)
         now = time.time()
